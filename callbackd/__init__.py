@@ -1,0 +1,1 @@
+"""callbackd: calls back every missed call, operator first."""

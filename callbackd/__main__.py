@@ -1,0 +1,5 @@
+import sys
+
+from callbackd.cli import main
+
+sys.exit(main())

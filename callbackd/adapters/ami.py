@@ -1,0 +1,208 @@
+"""The one module that touches panoramisk.
+
+panoramisk 1.4 is the only asyncio AMI client and is barely maintained, so its
+quirks are contained here:
+
+- after a reconnect it re-sends actions that got no answer; ``originate`` is
+  therefore listed in ``forgetable_actions``, or a reconnect would dial twice;
+- its own ping never checks the reply, so it is disabled and :meth:`_watchdog`
+  pings, and drops the connection when no reply comes in time;
+- events reach the rest of the daemon as plain ``dict[str, str]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+from panoramisk import Manager
+
+log = structlog.get_logger("callbackd.ami")
+
+# Actions panoramisk must never re-send after a reconnect.
+FORGETABLE = ("ping", "login", "originate", "queuestatus", "coreshowchannels", "status")
+
+
+class AmiError(Exception):
+    """An AMI action failed or got no answer."""
+
+
+class AmiNotConnected(AmiError):
+    pass
+
+
+def to_dict(message: Any) -> dict[str, str]:
+    """A panoramisk Message as a plain dict; repeated headers are joined by ';'."""
+    out: dict[str, str] = {}
+    for key, value in message.items():
+        if key == "content":
+            continue
+        if isinstance(value, list):
+            value = ";".join(str(v) for v in value)
+        out[key] = value if isinstance(value, str) else str(value)
+    return out
+
+
+class AmiClient:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        username: str,
+        secret: str,
+        on_event: Callable[[dict[str, str]], None],
+        on_login: Callable[[], Awaitable[None]] | None = None,
+        ping_interval: float = 10.0,
+        ping_timeout: float = 5.0,
+        reconnect_delay: float = 2.0,
+    ) -> None:
+        self._on_event = on_event
+        self._on_login_cb = on_login
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.connected = False
+        self.logins = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.disconnected_at: float | None = None
+        self._logged_in = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.manager = Manager(
+            host=host,
+            port=port,
+            username=username,
+            secret=secret,
+            events="on",
+            ping_delay=10**7,  # its ping ignores replies; see _watchdog
+            ping_interval=10**7,
+            reconnect_timeout=reconnect_delay,
+            forgetable_actions=FORGETABLE,
+            loop=asyncio.get_running_loop(),
+            on_login=self._login_done,
+            on_disconnect=self._disconnected,
+        )
+        self.manager.register_event("*", self._dispatch)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Connect and wait for a successful login (panoramisk keeps retrying)."""
+        self.manager.connect()
+        self._spawn(self._watchdog())
+        try:
+            await asyncio.wait_for(self._logged_in.wait(), timeout)
+        except TimeoutError:
+            raise AmiNotConnected(
+                f"no AMI login within {timeout:.0f}s ({self.last_error or 'no answer'})"
+            ) from None
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        self.manager.close()
+        # panoramisk schedules a reconnect on connection_lost; stop it reconnecting.
+        self.manager.connect = lambda *a, **k: None  # type: ignore[method-assign]
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _login_done(self, manager: Manager) -> None:
+        self.connected = True
+        self.logins += 1
+        if self.logins > 1:
+            self.reconnects += 1
+        gap = time.monotonic() - self.disconnected_at if self.disconnected_at else 0.0
+        log.info("ami.login", host=manager.config["host"], reconnects=self.reconnects, gap_s=round(gap, 3))
+        self._logged_in.set()
+        if self._on_login_cb is not None:
+            self._spawn(self._on_login_cb())
+
+    def _disconnected(self, manager: Manager, exc: object) -> None:
+        if self.connected:
+            self.disconnected_at = time.monotonic()
+        self.connected = False
+        self._logged_in.clear()
+        self.last_error = f"disconnected: {exc}" if exc else "disconnected"
+        if not self._closing:
+            log.warning("ami.disconnected", reason=str(exc) if exc else None)
+
+    def _dispatch(self, manager: Manager, message: Any) -> None:
+        try:
+            event = to_dict(message)
+        except Exception as exc:  # garbage on the socket must never stop the stream
+            log.warning("ami.bad_event", error=repr(exc)[:200])
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("ami.event_handler_failed", event=event.get("Event"))
+
+    async def _watchdog(self) -> None:
+        """Ping; when no reply comes in time, drop the socket so panoramisk reconnects."""
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            if not self.connected:
+                continue
+            try:
+                reply = await self.action({"Action": "Ping"}, timeout=self.ping_timeout)
+                if not reply.get("Response") == "Success":
+                    raise AmiError(f"ping answered {reply.get('Response')!r}")
+            except AmiError as exc:
+                self.last_error = f"watchdog: {exc}"
+                log.warning("ami.watchdog_reconnect", reason=str(exc))
+                protocol = self.manager.protocol
+                if protocol is not None:
+                    protocol.connection_lost(exc)
+
+    # -- actions ---------------------------------------------------------------------
+
+    def _send(self, action: Mapping[str, Any], as_list: bool | None = None) -> asyncio.Future[Any]:
+        if not self.connected or self.manager.protocol is None:
+            raise AmiNotConnected("AMI is not connected")
+        return self.manager.send_action(dict(action), as_list=as_list)
+
+    async def action(self, action: Mapping[str, Any], timeout: float = 10.0) -> dict[str, str]:
+        future = self._send(action)
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise AmiError(f"{action.get('Action')}: no reply in {timeout:.0f}s") from None
+        if isinstance(reply, list):
+            reply = reply[0]
+        return to_dict(reply)
+
+    async def list_action(self, action: Mapping[str, Any], timeout: float = 15.0) -> list[dict[str, str]]:
+        """An action answered by an event list (QueueStatus, CoreShowChannels)."""
+        future = self._send(action, as_list=True)
+        try:
+            replies = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise AmiError(f"{action.get('Action')}: no complete list in {timeout:.0f}s") from None
+        if not isinstance(replies, list):
+            replies = [replies]
+        out = [to_dict(r) for r in replies]
+        if out and out[0].get("Response") == "Error":
+            raise AmiError(f"{action.get('Action')}: {out[0].get('Message', 'error')}")
+        return out
+
+    def originate(self, fields: Mapping[str, Any]) -> asyncio.Future[Any]:
+        """Send an Async Originate. The future resolves with [ack, OriginateResponse].
+
+        The caller must bound its wait: a connection lost in between leaves the
+        future pending forever, by design (the action is never re-sent).
+        """
+        action = {"Action": "Originate", **fields, "Async": "true"}
+        return self._send(action)

@@ -1,0 +1,150 @@
+"""Database tables. Schema changes go through Alembic (callbackd/migrations)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on both SQLite (which keeps no zone) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):  # type: ignore[override]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect):  # type: ignore[override]
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+OPEN_SQL = "status IN ('open', 'dialling')"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Call(Base):
+    """Every offered inbound call, answered or not: the reports' denominators."""
+
+    __tablename__ = "calls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    linkedid: Mapped[str] = mapped_column(String(64), unique=True)
+    caller_num: Mapped[str] = mapped_column(String(64), default="")
+    number: Mapped[str | None] = mapped_column(String(20), index=True)
+    caller_name: Mapped[str] = mapped_column(String(80), default="")
+    did: Mapped[str] = mapped_column(String(64), default="")
+    queue: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    hold_time: Mapped[int | None] = mapped_column(Integer)
+    agent: Mapped[str | None] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(16))  # answered | missed
+    miss_reason: Mapped[str | None] = mapped_column(String(24))
+    node: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Request(Base):
+    """One client to call back. At most one open request per number."""
+
+    __tablename__ = "requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    number: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(80), default="")
+    reason: Mapped[str] = mapped_column(String(32))
+    sources: Mapped[list[str]] = mapped_column(JSON, default=list)
+    contact_count: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    preferred_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts_made: Mapped[int] = mapped_column(Integer, default=0)
+    operator_tries: Mapped[int] = mapped_column(Integer, default=0)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    close_reason: Mapped[str | None] = mapped_column(String(32))
+    note: Mapped[str] = mapped_column(Text, default="")
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claim_expires: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index(
+            "uq_requests_open_number",
+            "number",
+            unique=True,
+            sqlite_where=text(OPEN_SQL),
+            postgresql_where=text(OPEN_SQL),
+        ),
+        Index("ix_requests_status_due", "status", "due_at"),
+    )
+
+
+class Contact(Base):
+    """Each missed contact as it arrived, stored exactly once per (source, source_ref)."""
+
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(16))
+    source_ref: Mapped[str] = mapped_column(String(128))
+    raw_number: Mapped[str] = mapped_column(String(64), default="")
+    number: Mapped[str | None] = mapped_column(String(20), index=True)
+    name: Mapped[str] = mapped_column(String(80), default="")
+    reason: Mapped[str] = mapped_column(String(32))
+    waited: Mapped[int | None] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    disposition: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(120), default="")
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
+
+    __table_args__ = (UniqueConstraint("source", "source_ref", name="uq_contacts_source_ref"),)
+
+
+class Attempt(Base):
+    """One Originate. Written (dialling) before the Originate is sent."""
+
+    __tablename__ = "attempts"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"), index=True)
+    try_no: Mapped[int] = mapped_column(Integer)
+    operator: Mapped[str] = mapped_column(String(128))
+    channel_id: Mapped[str] = mapped_column(String(64), unique=True)
+    number: Mapped[str] = mapped_column(String(20), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    outcome: Mapped[str | None] = mapped_column(String(24))
+    counted: Mapped[bool] = mapped_column(Boolean, default=False)
+    originate_reason: Mapped[str | None] = mapped_column(String(24))
+    dial_status: Mapped[str | None] = mapped_column(String(16))
+    hangup_cause: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    operator_answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    client_answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    talk_seconds: Mapped[int | None] = mapped_column(Integer)
+    node: Mapped[str] = mapped_column(String(64), default="")

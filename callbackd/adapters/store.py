@@ -1,0 +1,484 @@
+"""Persistence of calls, contacts, requests and attempts (SQLAlchemy 2 async).
+
+Each public method is one transaction. Status changes go through the domain's
+transition table, so an illegal change raises instead of being written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from callbackd.adapters import models as m
+from callbackd.adapters.db import sessionmaker
+from callbackd.domain.detection import CallTrack
+from callbackd.domain.intake import Contact, Decision
+from callbackd.domain.ladder import Schedule
+from callbackd.domain.outcomes import Outcome, verdict
+from callbackd.domain.states import (
+    IN_FLIGHT_ATTEMPTS,
+    OPEN_STATUSES,
+    AttemptStatus,
+    RequestEvent,
+    RequestStatus,
+    request_transition,
+)
+
+
+@dataclass(frozen=True)
+class ContactResult:
+    contact_id: int | None
+    request_id: int | None
+    duplicate: bool = False
+    created: bool = False
+    merged: bool = False
+
+
+@dataclass(frozen=True)
+class Finished:
+    request_id: int
+    request_status: str
+    outcome: Outcome
+    counted: bool
+    due_at: datetime | None
+    close_reason: str | None
+
+
+class NotFound(LookupError):
+    pass
+
+
+def _apply(req: m.Request, event: RequestEvent, now: datetime) -> None:
+    req.status = request_transition(req.status, event).value
+    req.updated_at = now
+    if req.status in OPEN_STATUSES:
+        req.closed_at = None
+        if req.status == RequestStatus.OPEN:
+            req.claimed_by = None
+            req.claim_expires = None
+    else:
+        req.closed_at = now
+        req.due_at = None
+        req.claimed_by = None
+        req.claim_expires = None
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, *, node: str, schedule: Schedule, claim_lease: timedelta) -> None:
+        self.engine = engine
+        self.node = node
+        self.schedule = schedule
+        self.claim_lease = claim_lease
+        self._session = sessionmaker(engine)
+
+    def session(self) -> AsyncSession:
+        return self._session()
+
+    # -- intake ----------------------------------------------------------------------
+
+    async def record_contact(self, contact: Contact, decision: Decision) -> ContactResult:
+        """Store the contact once; create or merge its request when it schedules."""
+        for _ in range(3):  # a racing daemon may insert the same open number first
+            try:
+                return await self._record_contact(contact, decision)
+            except IntegrityError as exc:
+                if "uq_contacts_source_ref" in str(exc) or "contacts.source" in str(exc):
+                    return await self._existing_contact(contact)
+                continue
+        return await self._record_contact(contact, decision)
+
+    async def _existing_contact(self, contact: Contact) -> ContactResult:
+        async with self.session() as s:
+            row = (
+                await s.execute(
+                    select(m.Contact).where(
+                        m.Contact.source == contact.source.value, m.Contact.source_ref == contact.source_ref
+                    )
+                )
+            ).scalar_one()
+            return ContactResult(row.id, row.request_id, duplicate=True)
+
+    async def _record_contact(self, contact: Contact, decision: Decision) -> ContactResult:
+        async with self.session() as s, s.begin():
+            seen = (
+                await s.execute(
+                    select(m.Contact.id, m.Contact.request_id).where(
+                        m.Contact.source == contact.source.value, m.Contact.source_ref == contact.source_ref
+                    )
+                )
+            ).first()
+            if seen is not None:
+                return ContactResult(seen.id, seen.request_id, duplicate=True)
+            row = m.Contact(
+                source=contact.source.value,
+                source_ref=contact.source_ref[:128],
+                raw_number=contact.raw_number[:64],
+                number=decision.number,
+                name=decision.name,
+                reason=contact.reason,
+                waited=contact.waited,
+                comment=contact.comment[:2000],
+                at=contact.at,
+                disposition=decision.disposition.value,
+                detail=decision.detail[:120],
+            )
+            s.add(row)
+            created = merged = False
+            if decision.schedules and decision.number is not None:
+                req = (
+                    await s.execute(
+                        select(m.Request)
+                        .where(m.Request.number == decision.number, m.Request.status.in_(OPEN_STATUSES))
+                        .with_for_update()
+                    )
+                ).scalar_one_or_none()
+                if req is None:
+                    req = self._new_request(contact, decision)
+                    s.add(req)
+                    created = True
+                else:
+                    req.contact_count += 1
+                    if contact.source.value not in req.sources:
+                        req.sources = [*req.sources, contact.source.value]
+                    if not req.name and decision.name:
+                        req.name = decision.name
+                    if contact.comment:
+                        req.note = (req.note + "\n" + contact.comment).strip()[:4000]
+                    req.updated_at = contact.at
+                    merged = True
+                await s.flush()
+                row.request_id = req.id
+            await s.flush()
+            return ContactResult(row.id, row.request_id, created=created, merged=merged)
+
+    def _new_request(self, contact: Contact, decision: Decision) -> m.Request:
+        assert decision.number is not None
+        due = self.schedule.due_at(
+            0, None, contact.at, preferred_at=contact.preferred_at, spread_key=str(decision.number)
+        )
+        status = RequestStatus.OPEN if due is not None else RequestStatus.EXPIRED
+        return m.Request(
+            number=str(decision.number),
+            name=decision.name,
+            reason=contact.reason,
+            sources=[contact.source.value],
+            contact_count=1,
+            status=status.value,
+            created_at=contact.at,
+            updated_at=contact.at,
+            due_at=due,
+            preferred_at=contact.preferred_at,
+            attempts_made=0,
+            operator_tries=0,
+            note=contact.comment[:4000],
+            closed_at=None if due is not None else contact.at,
+            close_reason=None if due is not None else "max_age",
+        )
+
+    async def record_call(self, call: CallTrack, number: str | None) -> None:
+        async with self.session() as s:
+            s.add(
+                m.Call(
+                    linkedid=call.linkedid,
+                    caller_num=call.caller_num[:64],
+                    number=number,
+                    caller_name=call.caller_name[:80],
+                    did=call.did[:64],
+                    queue=call.queue,
+                    started_at=call.started_at,
+                    joined_at=call.joined_at,
+                    answered_at=call.answered_at,
+                    ended_at=call.ended_at,
+                    hold_time=call.hold_time,
+                    agent=call.agent,
+                    outcome="answered" if call.answered else "missed",
+                    miss_reason=call.missed.value if call.missed else None,
+                    node=self.node,
+                )
+            )
+            try:
+                await s.commit()
+            except IntegrityError:  # the same call seen again after a reconnect
+                await s.rollback()
+
+    async def recover(self, number: str, now: datetime, how: str) -> list[int]:
+        """Close the number's open request: the client was reached another way."""
+        async with self.session() as s, s.begin():
+            reqs = (
+                (
+                    await s.execute(
+                        select(m.Request)
+                        .where(m.Request.number == number, m.Request.status.in_(OPEN_STATUSES))
+                        .with_for_update()
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for req in reqs:
+                _apply(req, RequestEvent.RECOVER, now)
+                req.close_reason = how
+            return [r.id for r in reqs]
+
+    # -- dialer ----------------------------------------------------------------------
+
+    async def claim_due(
+        self, now: datetime, limit: int, exclude_numbers: Sequence[str] = ()
+    ) -> list[m.Request]:
+        """Take up to *limit* due requests for this node; safe with several daemons."""
+        if limit <= 0:
+            return []
+        async with self.session() as s, s.begin():
+            q = (
+                select(m.Request.id)
+                .where(m.Request.status == RequestStatus.OPEN.value, m.Request.due_at <= now)
+                .order_by(m.Request.due_at)
+                .limit(limit + len(exclude_numbers))
+                .with_for_update(skip_locked=True)
+            )
+            if exclude_numbers:
+                q = q.where(m.Request.number.not_in(list(exclude_numbers)))
+            ids = list((await s.execute(q)).scalars())[:limit]
+            claimed: list[m.Request] = []
+            for rid in ids:
+                res = await s.execute(
+                    update(m.Request)
+                    .where(m.Request.id == rid, m.Request.status == RequestStatus.OPEN.value)
+                    .values(
+                        status=request_transition(RequestStatus.OPEN, RequestEvent.CLAIM).value,
+                        claimed_by=self.node,
+                        claim_expires=now + self.claim_lease,
+                        updated_at=now,
+                    )
+                )
+                if res.rowcount == 1:
+                    claimed.append(await s.get(m.Request, rid, populate_existing=True))
+            return claimed
+
+    async def unclaim(self, request_id: int, now: datetime, due_at: datetime | None = None) -> None:
+        """Give a claimed request back without an attempt (no operator after all)."""
+        async with self.session() as s, s.begin():
+            req = await s.get(m.Request, request_id, with_for_update=True)
+            if req is not None and req.status == RequestStatus.DIALLING:
+                _apply(req, RequestEvent.RETRY_LATER, now)
+                if due_at is not None:
+                    req.due_at = due_at
+
+    async def start_attempt(self, request_id: int, operator: str, now: datetime) -> m.Attempt:
+        """Written before the Originate is sent: a crash after this is reconciled, never redialled."""
+        async with self.session() as s, s.begin():
+            req = await s.get(m.Request, request_id, with_for_update=True)
+            if req is None or req.status != RequestStatus.DIALLING:
+                raise NotFound(f"request {request_id} is not claimed")
+            attempt_id = uuid.uuid4().hex
+            row = m.Attempt(
+                id=attempt_id,
+                request_id=request_id,
+                try_no=req.attempts_made + 1,
+                operator=operator,
+                channel_id=f"cbd-{attempt_id}",
+                number=req.number,
+                status=AttemptStatus.DIALLING.value,
+                counted=False,
+                started_at=now,
+                node=self.node,
+            )
+            s.add(row)
+            return row
+
+    async def mark_attempt(self, attempt_id: str, status: AttemptStatus, **fields: object) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(
+                update(m.Attempt)
+                .where(m.Attempt.id == attempt_id, m.Attempt.status != AttemptStatus.DONE.value)
+                .values(status=status.value, **fields)
+            )
+
+    async def finish_attempt(
+        self,
+        attempt_id: str,
+        outcome: Outcome,
+        now: datetime,
+        *,
+        max_operator_tries: int,
+        operator_retry_delay: timedelta,
+        **fields: object,
+    ) -> Finished | None:
+        """Store the outcome and move the request on the ladder. Idempotent."""
+        async with self.session() as s, s.begin():
+            att = await s.get(m.Attempt, attempt_id, with_for_update=True)
+            if att is None or att.status == AttemptStatus.DONE:
+                return None
+            req = await s.get(m.Request, att.request_id, with_for_update=True)
+            assert req is not None
+            tries = req.attempts_made + (1 if outcome in _counted() else 0)
+            v = verdict(outcome, tries, self.schedule.ladder.max_attempts)
+            att.status = AttemptStatus.DONE.value
+            att.outcome = outcome.value
+            att.counted = v.counted
+            att.ended_at = now
+            for key, value in fields.items():
+                setattr(att, key, value)
+            if req.status != RequestStatus.DIALLING:
+                # Recovered or cancelled while the attempt rang: keep that verdict.
+                if v.counted:
+                    req.attempts_made = tries
+                return Finished(req.id, req.status, outcome, v.counted, req.due_at, req.close_reason)
+            if v.counted:
+                req.attempts_made = tries
+                req.last_attempt_at = att.started_at
+                req.operator_tries = 0
+            else:
+                req.operator_tries += 1
+            event = v.event
+            due: datetime | None = None
+            if event is RequestEvent.RETRY_LATER:
+                if v.counted:
+                    due = self.schedule.due_at(
+                        req.attempts_made, req.last_attempt_at, req.created_at, spread_key=req.number
+                    )
+                elif req.operator_tries < max_operator_tries:
+                    due = now  # another free operator, at once
+                else:
+                    req.operator_tries = 0
+                    due = self.schedule.calendar.next_open(now + operator_retry_delay)
+                if due is None:
+                    event = (
+                        RequestEvent.EXPIRE
+                        if req.attempts_made < self.schedule.ladder.max_attempts
+                        else (RequestEvent.FAIL)
+                    )
+            _apply(req, event, now)
+            if event is RequestEvent.RETRY_LATER:
+                req.due_at = due
+            elif event is RequestEvent.FAIL:
+                req.close_reason = v.close_reason or "max_attempts"
+            elif event is RequestEvent.EXPIRE:
+                req.close_reason = "max_age"
+            elif event is RequestEvent.REACH:
+                req.close_reason = "reached"
+            return Finished(req.id, req.status, outcome, v.counted, req.due_at, req.close_reason)
+
+    async def in_flight(self) -> list[m.Attempt]:
+        async with self.session() as s:
+            rows = await s.execute(
+                select(m.Attempt).where(
+                    m.Attempt.status.in_([a.value for a in IN_FLIGHT_ATTEMPTS]), m.Attempt.node == self.node
+                )
+            )
+            return list(rows.scalars())
+
+    async def release_stale_claims(self, now: datetime) -> int:
+        """Requests a dead daemon claimed and never finished go back to open."""
+        async with self.session() as s, s.begin():
+            reqs = (
+                (
+                    await s.execute(
+                        select(m.Request)
+                        .where(
+                            m.Request.status == RequestStatus.DIALLING.value, m.Request.claim_expires < now
+                        )
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for req in reqs:
+                live = (
+                    await s.execute(
+                        select(func.count())
+                        .select_from(m.Attempt)
+                        .where(
+                            m.Attempt.request_id == req.id,
+                            m.Attempt.status.in_([a.value for a in IN_FLIGHT_ATTEMPTS]),
+                        )
+                    )
+                ).scalar_one()
+                if live == 0:
+                    _apply(req, RequestEvent.RETRY_LATER, now)
+                    req.due_at = now
+            return len(reqs)
+
+    async def expire_old(self, now: datetime) -> int:
+        cutoff = now - self.schedule.max_age
+        async with self.session() as s, s.begin():
+            reqs = (
+                (
+                    await s.execute(
+                        select(m.Request)
+                        .where(m.Request.status == RequestStatus.OPEN.value, m.Request.created_at < cutoff)
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for req in reqs:
+                _apply(req, RequestEvent.EXPIRE, now)
+                req.close_reason = "max_age"
+            return len(reqs)
+
+    async def next_due(self) -> datetime | None:
+        async with self.session() as s:
+            return (
+                await s.execute(
+                    select(func.min(m.Request.due_at)).where(m.Request.status == RequestStatus.OPEN.value)
+                )
+            ).scalar_one()
+
+    # -- admin -----------------------------------------------------------------------
+
+    async def list_requests(self, status: str | None = None, limit: int = 200) -> list[m.Request]:
+        async with self.session() as s:
+            q = select(m.Request).order_by(m.Request.id.desc()).limit(limit)
+            if status:
+                q = q.where(m.Request.status == status)
+            return list((await s.execute(q)).scalars())
+
+    async def get_request(self, request_id: int) -> tuple[m.Request, list[m.Attempt], list[m.Contact]]:
+        async with self.session() as s:
+            req = await s.get(m.Request, request_id)
+            if req is None:
+                raise NotFound(f"no request {request_id}")
+            attempts = (
+                await s.execute(
+                    select(m.Attempt).where(m.Attempt.request_id == request_id).order_by(m.Attempt.started_at)
+                )
+            ).scalars()
+            contacts = (
+                await s.execute(
+                    select(m.Contact).where(m.Contact.request_id == request_id).order_by(m.Contact.at)
+                )
+            ).scalars()
+            return req, list(attempts), list(contacts)
+
+    async def admin_event(self, request_id: int, event: RequestEvent, now: datetime) -> m.Request:
+        async with self.session() as s, s.begin():
+            req = await s.get(m.Request, request_id, with_for_update=True)
+            if req is None:
+                raise NotFound(f"no request {request_id}")
+            _apply(req, event, now)
+            if event is RequestEvent.CANCEL:
+                req.close_reason = "cancelled"
+            if event is RequestEvent.RETRY_NOW:
+                req.due_at = now
+                req.close_reason = None
+            return req
+
+    async def counts_by_status(self) -> dict[str, int]:
+        async with self.session() as s:
+            rows = await s.execute(select(m.Request.status, func.count()).group_by(m.Request.status))
+            return {status: n for status, n in rows}
+
+
+def _counted():
+    from callbackd.domain.outcomes import COUNTED
+
+    return COUNTED

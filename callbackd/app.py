@@ -1,0 +1,293 @@
+"""Composition root: builds every adapter, wires them, runs until told to stop.
+
+Each adapter registers its own cleanup on one AsyncExitStack, so start-up can
+fail at any step and still leave nothing behind. The first SIGTERM stops new
+attempts and drains the ones in flight; a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from callbackd.adapters import db
+from callbackd.adapters.ami import AmiClient, AmiError
+from callbackd.adapters.store import Store
+from callbackd.config import Config
+from callbackd.dialer import Dialer
+from callbackd.domain.detection import Answered, CallEnded, DetectionRules, Detector, Missed
+from callbackd.domain.errors import InvalidNumber
+from callbackd.domain.intake import Contact, Disposition, IntakeRules, Source, decide
+from callbackd.domain.operators import OperatorPool
+from callbackd.domain.phone import NumberRules, mask, parse_caller_id
+
+log = structlog.get_logger("callbackd")
+
+DRAIN_GRACE = timedelta(seconds=30)
+CLAIM_LEASE = timedelta(hours=2)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def notify(message: str) -> None:
+    """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(path)
+        sock.sendall(message.encode())
+
+
+def intake_rules(cfg: Config) -> IntakeRules:
+    n = cfg.numbers
+    return IntakeRules(
+        region=n.default_region,
+        numbers=NumberRules(
+            blacklist=frozenset(n.blacklist),
+            blocked_prefixes=tuple(n.blocked_prefixes),
+            allowed_prefixes=tuple(n.allowed_prefixes),
+        ),
+        short_abandon=cfg.detection.short_abandon,
+    )
+
+
+def detection_rules(cfg: Config) -> DetectionRules:
+    d = cfg.detection
+    return DetectionRules(
+        inbound_contexts=frozenset(d.inbound_contexts),
+        queues=frozenset(d.queues),
+        dids=frozenset(d.dids),
+        internal_max_digits=d.internal_max_digits,
+        own_numbers=frozenset(d.own_numbers),
+    )
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.detector = Detector(detection_rules(cfg))
+        self.rules = intake_rules(cfg)
+        self.pool = OperatorPool(cfg.dialer.queues, int(cfg.dialer.wrapup.total_seconds()))
+        self.intake: asyncio.Queue[Any] = asyncio.Queue()
+        self.stop = asyncio.Event()
+        self.sigterms = 0
+        self.store: Store
+        self.ami: AmiClient
+        self.dialer: Dialer
+
+    def _num(self, number: str) -> str:
+        return mask(number) if self.cfg.log.mask_numbers else number
+
+    async def run(self) -> int:
+        async with AsyncExitStack() as stack:
+            engine = db.make_engine(self.cfg.database.url)
+            stack.push_async_callback(engine.dispose)
+            await db.upgrade(engine)
+            self.store = Store(
+                engine, node=self.cfg.node, schedule=self.cfg.schedule_rules(), claim_lease=CLAIM_LEASE
+            )
+            a = self.cfg.ami
+            self.ami = AmiClient(
+                host=a.host,
+                port=a.port,
+                username=a.username,
+                secret=self.cfg.ami_secret(),
+                on_event=self.on_event,
+                on_login=self.on_login,
+                ping_interval=a.ping_interval.total_seconds(),
+                ping_timeout=a.ping_timeout.total_seconds(),
+            )
+            stack.push_async_callback(self.ami.close)
+            self.dialer = Dialer(
+                self.cfg.dialer, self.store, self.ami, self.pool, mask_numbers=self.cfg.log.mask_numbers
+            )
+            stack.push_async_callback(self.dialer.close)
+            await self.ami.start(a.connect_timeout.total_seconds())
+            tasks = [
+                asyncio.create_task(self._intake_worker(), name="intake"),
+                asyncio.create_task(self.dialer.run(), name="dialer"),
+                asyncio.create_task(self._housekeeping(), name="housekeeping"),
+                asyncio.create_task(self._watchdog(), name="watchdog"),
+            ]
+            stack.push_async_callback(_cancel, tasks)
+            self._install_signals()
+            notify("READY=1\nSTATUS=attached to AMI")
+            log.info(
+                "daemon.ready", node=self.cfg.node, database=engine.url.render_as_string(hide_password=True)
+            )
+            await self.stop.wait()
+            notify("STOPPING=1")
+            drained = await self.dialer.drain(DRAIN_GRACE)
+            await self._flush_intake()
+            log.info("daemon.stopped", drained=drained, in_flight=len(self.dialer.runs))
+        return 0
+
+    # -- signals ---------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_term)
+        loop.add_signal_handler(signal.SIGINT, self._on_term)
+
+    def _on_term(self) -> None:
+        self.sigterms += 1
+        if self.sigterms == 1:
+            log.info("daemon.stopping", hint="send SIGTERM again to exit at once")
+            self.dialer.accepting = False
+            self.stop.set()
+        else:
+            log.warning("daemon.forced_exit")
+            os._exit(1)
+
+    # -- AMI -------------------------------------------------------------------------
+
+    async def on_login(self) -> None:
+        """After every (re)connect: resync operators and queues, then reconcile calls."""
+        try:
+            status = await self.ami.list_action({"Action": "QueueStatus"})
+            self.pool.resync(status)
+            await self.dialer.reconcile()
+            log.info(
+                "ami.resynced",
+                members=len(self.pool.members),
+                free=len(self.pool.free(utcnow().timestamp())),
+                waiting=self.pool.callers_waiting(),
+                in_flight=len(self.dialer.runs),
+            )
+        except AmiError as exc:
+            log.warning("ami.resync_failed", error=str(exc))
+
+    def on_event(self, ev: dict[str, str]) -> None:
+        now = utcnow()
+        self.pool.update(ev)
+        self.dialer.on_event(ev)
+        name = ev.get("Event")
+        if name == "QueueMemberStatus":
+            self.dialer.wake.set()
+        for out in self.detector.feed(ev, now):
+            self.intake.put_nowait(out)
+
+    # -- intake ----------------------------------------------------------------------
+
+    async def _intake_worker(self) -> None:
+        """One writer, in arrival order: merges and recoveries never race each other."""
+        while True:
+            item = await self.intake.get()
+            try:
+                await self._handle(item)
+            except Exception:
+                log.exception("intake.failed", item=type(item).__name__)
+            finally:
+                self.intake.task_done()
+
+    async def _flush_intake(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.intake.join(), 5)
+
+    async def _handle(self, item: Any) -> None:
+        if isinstance(item, Missed):
+            log.info(
+                "call.missed",
+                linkedid=item.linkedid,
+                number=self._num(item.caller_num),
+                reason=item.reason.value,
+                queue=item.queue,
+                waited=item.waited,
+            )
+            contact = Contact(
+                source=Source.AMI,
+                source_ref=item.linkedid,
+                raw_number=item.caller_num,
+                reason=item.reason.value,
+                at=item.at,
+                name=item.caller_name,
+                waited=item.waited,
+            )
+            await self.submit(contact)
+        elif isinstance(item, Answered):
+            await self._self_recovery(item.caller_num, item.at, "client_called_in")
+        elif isinstance(item, CallEnded):
+            try:
+                number = parse_caller_id(item.call.caller_num, self.rules.region)
+            except InvalidNumber:
+                number = None
+            await self.store.record_call(item.call, str(number) if number else None)
+
+    async def submit(self, contact: Contact) -> Any:
+        """Every source ends here: decide, store once, wake the dialer."""
+        decision = decide(contact, self.rules)
+        result = await self.store.record_contact(contact, decision)
+        if result.duplicate:
+            log.info("contact.duplicate", source=contact.source.value, ref=contact.source_ref)
+        elif decision.disposition is Disposition.SCHEDULE:
+            log.info(
+                "request.stored",
+                request_id=result.request_id,
+                number=self._num(str(decision.number)),
+                merged=result.merged,
+                source=contact.source.value,
+                reason=contact.reason,
+            )
+            self.dialer.wake.set()
+        else:
+            log.info(
+                "contact.not_scheduled",
+                disposition=decision.disposition.value,
+                detail=decision.detail,
+                source=contact.source.value,
+            )
+        return result
+
+    async def _self_recovery(self, raw: str, at: datetime, how: str) -> None:
+        try:
+            number = parse_caller_id(raw, self.rules.region)
+        except InvalidNumber:
+            return
+        if number is None:
+            return
+        closed = await self.store.recover(str(number), at, how)
+        if closed:
+            log.info("request.recovered", request_ids=closed, number=self._num(str(number)), how=how)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                now = utcnow()
+                expired = await self.store.expire_old(now)
+                released = await self.store.release_stale_claims(now)
+                stale = self.detector.expire(now)
+                if expired or released or stale:
+                    log.info("housekeeping", expired=expired, released=released, stale_calls=len(stale))
+            except Exception:
+                log.exception("housekeeping.failed")
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog at half its interval, from the event loop itself."""
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(usec / 2e6)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(BaseException):
+            await t

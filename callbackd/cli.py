@@ -1,0 +1,230 @@
+"""The ``callbackd`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from callbackd import config as config_mod
+from callbackd.config import Config, ConfigError
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return config_mod.load(args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    try:
+        cfg.ami_secret()
+    except (ConfigError, OSError) as exc:
+        print(f"{config_mod.config_path(args.config)}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{config_mod.config_path(args.config)}: OK")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from callbackd import logs
+    from callbackd.app import Daemon
+
+    cfg = _load(args)
+    logs.setup(cfg.log.level, cfg.log.format)
+    try:
+        return asyncio.run(Daemon(cfg).run())
+    except Exception as exc:  # start-up failures: one clear line, non-zero exit
+        from callbackd.adapters.ami import AmiError
+
+        if isinstance(exc, AmiError | ConfigError | OSError):
+            print(f"callbackd: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+async def _with_store(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
+    from callbackd.adapters import db
+    from callbackd.adapters.store import Store
+    from callbackd.app import CLAIM_LEASE
+
+    engine = db.make_engine(cfg.database.url)
+    try:
+        store = Store(engine, node=cfg.node, schedule=cfg.schedule_rules(), claim_lease=CLAIM_LEASE)
+        return await fn(store)
+    finally:
+        await engine.dispose()
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from callbackd.adapters import db
+
+    cfg = _load(args)
+
+    async def go() -> int:
+        engine = db.make_engine(cfg.database.url)
+        try:
+            await db.upgrade(engine)
+            print(f"database at revision {await db.current_revision(engine)}")
+        finally:
+            await engine.dispose()
+        return 0
+
+    return asyncio.run(go())
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _request_dict(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "number": r.number,
+        "name": r.name,
+        "status": r.status,
+        "reason": r.reason,
+        "sources": r.sources,
+        "contacts": r.contact_count,
+        "attempts": r.attempts_made,
+        "created_at": _iso(r.created_at),
+        "due_at": _iso(r.due_at),
+        "closed_at": _iso(r.closed_at),
+        "close_reason": r.close_reason,
+        "note": r.note,
+    }
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    from callbackd.adapters.store import NotFound
+    from callbackd.domain.errors import IllegalTransition
+    from callbackd.domain.states import RequestEvent
+
+    cfg = _load(args)
+    now = datetime.now(UTC)
+
+    async def go(store: Any) -> int:
+        if args.action == "list":
+            rows = [_request_dict(r) for r in await store.list_requests(args.status, args.limit)]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                print(f"{'ID':>6}  {'STATUS':<10} {'NUMBER':<16} {'TRIES':>5}  {'DUE':<25} REASON")
+                for r in rows:
+                    print(
+                        f"{r['id']:>6}  {r['status']:<10} {r['number']:<16} {r['attempts']:>5}  "
+                        f"{r['due_at'] or '-':<25} {r['reason']}"
+                    )
+            return 0
+        if args.action == "show":
+            req, attempts, contacts = await store.get_request(args.id)
+            out = _request_dict(req)
+            out["attempts_detail"] = [
+                {
+                    "id": a.id,
+                    "try": a.try_no,
+                    "operator": a.operator,
+                    "status": a.status,
+                    "outcome": a.outcome,
+                    "counted": a.counted,
+                    "started_at": _iso(a.started_at),
+                    "ended_at": _iso(a.ended_at),
+                    "talk_seconds": a.talk_seconds,
+                    "dial_status": a.dial_status,
+                    "hangup_cause": a.hangup_cause,
+                }
+                for a in attempts
+            ]
+            out["contacts_detail"] = [
+                {"source": c.source, "reason": c.reason, "at": _iso(c.at), "disposition": c.disposition}
+                for c in contacts
+            ]
+            print(json.dumps(out, indent=2))
+            return 0
+        if args.action == "add":
+            from callbackd.app import intake_rules
+            from callbackd.domain.intake import Contact, Disposition, Source, decide
+
+            contact = Contact(
+                source=Source.ADMIN,
+                source_ref=uuid.uuid4().hex,
+                raw_number=args.phone,
+                reason="admin",
+                at=now,
+                name=args.name or "",
+                comment=args.note or "",
+            )
+            decision = decide(contact, intake_rules(cfg))
+            if decision.disposition is not Disposition.SCHEDULE:
+                print(f"not added: {decision.disposition.value} ({decision.detail})", file=sys.stderr)
+                return 1
+            res = await store.record_contact(contact, decision)
+            print(f"request {res.request_id} {'merged' if res.merged else 'created'} for {decision.number}")
+            return 0
+        event = RequestEvent.CANCEL if args.action == "cancel" else RequestEvent.RETRY_NOW
+        try:
+            req = await store.admin_event(args.id, event, now)
+        except IllegalTransition as exc:
+            print(f"request {args.id}: {exc}", file=sys.stderr)
+            return 1
+        except NotFound as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"request {req.id}: {req.status}" + (f", due {req.due_at.isoformat()}" if req.due_at else ""))
+        return 0
+
+    try:
+        return asyncio.run(_with_store(cfg, go))
+    except NotFound as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="callbackd", description="Auto-callback engine for Asterisk.")
+    p.add_argument(
+        "--config",
+        "-c",
+        help=f"config file (default: ${config_mod.ENV_PATH} or {config_mod.DEFAULT_PATH})",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
+    sub.add_parser("check-config", help="validate the config file").set_defaults(func=cmd_check_config)
+    dbp = sub.add_parser("db", help="database maintenance")
+    dbsub = dbp.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+
+    rq = sub.add_parser("requests", help="list and manage callback requests")
+    rqs = rq.add_subparsers(dest="action", required=True)
+    ls = rqs.add_parser("list")
+    ls.add_argument("--status")
+    ls.add_argument("--limit", type=int, default=200)
+    ls.add_argument("--json", action="store_true")
+    sh = rqs.add_parser("show")
+    sh.add_argument("id", type=int)
+    add = rqs.add_parser("add")
+    add.add_argument("phone")
+    add.add_argument("--name")
+    add.add_argument("--note")
+    for name in ("cancel", "retry"):
+        x = rqs.add_parser(name)
+        x.add_argument("id", type=int)
+    rq.set_defaults(func=cmd_requests)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Configuration: one TOML file, validated by pydantic, secrets kept out of logs.
+
+Errors name the key path and the reason, so ``callbackd check-config`` can print
+them as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_PATH = Path("/etc/callbackd/callbackd.toml")
+ENV_PATH = "CALLBACKD_CONFIG"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def _duration(value: Any) -> Any:
+    """Accept 90, "90s", "15m", "1h", "3d" (and ISO 8601 via pydantic)."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+_PROMPT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_/\-]{0,79}$")
+_INTERFACE = re.compile(r"^[A-Za-z0-9]+/[A-Za-z0-9_.@\-]+$")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message lists every problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AmiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(5038, ge=1, le=65535)
+    username: str = "callbackd"
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    connect_timeout: Duration = timedelta(seconds=5)
+    # The watchdog pings this often and reconnects when no reply comes in ping_timeout.
+    ping_interval: Duration = timedelta(seconds=10)
+    ping_timeout: Duration = timedelta(seconds=5)
+    reconnect_max: Duration = timedelta(seconds=30)
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite+aiosqlite:////var/lib/callbackd/callbackd.db"
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, v: str) -> str:
+        if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return v
+
+
+class NumbersConfig(_Section):
+    default_region: str = Field("US", min_length=2, max_length=2)
+    blacklist: list[str] = []
+    blocked_prefixes: list[str] = []
+    allowed_prefixes: list[str] = []
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        import phonenumbers
+
+        v = v.upper()
+        if v not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {v!r}; use an ISO 3166 code such as US, GB, DE, RU")
+        return v
+
+    @field_validator("blacklist")
+    @classmethod
+    def _numbers(cls, v: list[str]) -> list[str]:
+        from callbackd.domain.errors import InvalidNumber
+        from callbackd.domain.phone import E164
+
+        for n in v:
+            try:
+                E164.trusted(n)
+            except InvalidNumber:
+                raise ValueError(f"{n!r} must be an E.164 number such as +12025550123") from None
+        return v
+
+    @field_validator("blocked_prefixes", "allowed_prefixes")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not re.fullmatch(r"\+[0-9]{1,15}", p):
+                raise ValueError(f"prefix {p!r} must be '+' and digits, e.g. +1900")
+        return v
+
+
+class DetectionConfig(_Section):
+    inbound_contexts: list[str] = ["from-pstn"]
+    queues: list[str] = []
+    dids: list[str] = []
+    own_numbers: list[str] = []
+    internal_max_digits: int = Field(5, ge=0, le=10)
+    short_abandon: Duration = timedelta(seconds=5)
+
+
+class DialerConfig(_Section):
+    # Queues whose members are the operators who take callbacks.
+    queues: list[str] = ["support"]
+    context: str = "callbackd-bridge"
+    # {number} is replaced by the client's E.164 number (+ and digits only).
+    dial_pattern: str = "PJSIP/{number}@trunk"
+    outbound_callerid: str = ""
+    operator_ring: Duration = timedelta(seconds=20)
+    client_ring: Duration = timedelta(seconds=30)
+    max_concurrent: int = Field(2, ge=1, le=500)
+    # Operators to try for one client attempt before it waits for the next round.
+    operator_tries: int = Field(3, ge=1, le=20)
+    operator_retry_delay: Duration = timedelta(seconds=30)
+    hold_while_callers_wait: bool = True
+    wrapup: Duration = timedelta(seconds=0)
+    # Stock prompts: "Information about your last call." then the reason, then SayDigits(try).
+    whisper_intro: list[str] = ["beep", "info-about-last-call"]
+    whisper_reasons: dict[str, list[str]] = {
+        "queue_abandon": ["queue-callswaiting"],
+        "queue_timeout": ["queue-callswaiting"],
+        "no_answer": ["number-not-answering"],
+    }
+    whisper_custom: list[str] = []
+    # How often the dialer looks for due requests when nothing wakes it earlier.
+    poll_interval: Duration = timedelta(seconds=2)
+
+    @field_validator("dial_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if v.count("{number}") != 1:
+            raise ValueError("must contain {number} exactly once, e.g. PJSIP/{number}@trunk")
+        rest = v.replace("{number}", "")
+        if re.search(r"[&,;\s${}()|\\]", rest) or not re.fullmatch(r"[A-Za-z0-9_./@:+\-]+", rest):
+            raise ValueError("may hold only letters, digits and _ . / @ : + - around {number}")
+        return v
+
+    @field_validator("whisper_intro", "whisper_custom")
+    @classmethod
+    def _prompts(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not _PROMPT.match(p):
+                raise ValueError(f"prompt {p!r} must be a sound file name like 'beep' or 'custom/cb-intro'")
+        return v
+
+    @field_validator("whisper_reasons")
+    @classmethod
+    def _reason_prompts(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for prompts in v.values():
+            cls._prompts(prompts)
+        return v
+
+    @field_validator("outbound_callerid")
+    @classmethod
+    def _callerid(cls, v: str) -> str:
+        if v and not re.fullmatch(r'(?:"[A-Za-z0-9 ._\-]{0,40}"\s*)?<?\+?[0-9]{2,16}>?', v):
+            raise ValueError('use "Company" <+15550000000> or a bare number')
+        return v
+
+
+class ScheduleConfig(_Section):
+    timezone: str = "UTC"
+    hours: dict[str, str | list[str]] = {"mon-fri": ["09:00-18:00"]}
+    holidays: list[str] = []
+    delays: list[Duration] = [timedelta(hours=1), timedelta(hours=3), timedelta(hours=6)]
+    max_attempts: int = Field(5, ge=1, le=20)
+    max_age: Duration = timedelta(days=3)
+    opening_spread: Duration = timedelta(minutes=5)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ScheduleConfig:
+        from callbackd.domain.errors import DomainError
+
+        try:
+            build_schedule(self)
+        except (DomainError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+def build_calendar(s: ScheduleConfig):
+    from callbackd.domain.calendar import BusinessCalendar
+
+    return BusinessCalendar.from_spec(s.timezone, s.hours, s.holidays)
+
+
+def build_schedule(s: ScheduleConfig):
+    from callbackd.domain.ladder import RetryLadder, Schedule
+
+    ladder = RetryLadder(delays=tuple(s.delays), max_attempts=s.max_attempts)
+    return Schedule(
+        ladder=ladder, calendar=build_calendar(s), max_age=s.max_age, opening_spread=s.opening_spread
+    )
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    mask_numbers: bool = False
+
+
+class Config(_Section):
+    ami: AmiConfig = AmiConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    numbers: NumbersConfig = NumbersConfig()
+    detection: DetectionConfig = DetectionConfig()
+    dialer: DialerConfig = DialerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    log: LogConfig = LogConfig()
+    node: str = Field(default_factory=lambda: os.uname().nodename)
+
+    # -- domain objects built from the config ------------------------------------------
+
+    def schedule_rules(self):
+        return build_schedule(self.schedule)
+
+    def ami_secret(self) -> str:
+        """Environment first, then the credentials file, then the config file."""
+        env = os.environ.get("CALLBACKD_AMI_SECRET")
+        if env:
+            return env
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred_dir and (Path(cred_dir) / "ami_secret").is_file():
+            return (Path(cred_dir) / "ami_secret").read_text().strip()
+        if self.ami.secret_file:
+            return self.ami.secret_file.read_text().strip()
+        if self.ami.secret is not None:
+            return self.ami.secret.get_secret_value()
+        raise ConfigError(
+            "ami.secret: no AMI secret (set ami.secret, ami.secret_file or CALLBACKD_AMI_SECRET)"
+        )
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _holds_secret(data: dict[str, Any]) -> bool:
+    return bool(data.get("ami", {}).get("secret")) or bool(data.get("http", {}).get("token"))
+
+
+def load(path: str | os.PathLike[str] | None = None, *, check_permissions: bool = True) -> Config:
+    """Read and validate; raise :class:`ConfigError` with every problem listed."""
+    p = config_path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    if check_permissions and _holds_secret(data):
+        mode = p.stat().st_mode
+        if mode & (stat.S_IROTH | stat.S_IWOTH):
+            raise ConfigError(
+                f"{p}: holds a secret but is readable by others (mode {stat.S_IMODE(mode):o}); "
+                f"run: chmod o-rwx {p}"
+            )
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(p, exc)) from None

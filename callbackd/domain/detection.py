@@ -1,0 +1,267 @@
+"""Missed-call detection from plain AMI event dicts.
+
+One inbound call is every channel sharing a ``Linkedid``. The detector follows
+each call from its first channel to the root channel's hang-up and reports:
+
+- :class:`Missed` as soon as a call is known to be lost (at once for a queue
+  abandon, so the callback can start within milliseconds; at the hang-up for
+  timeouts, unanswered ring groups and IVR hang-ups);
+- :class:`Answered` when an operator picks the call up (self-recovery);
+- :class:`CallEnded` once per call, answered or not, for the report denominators.
+
+It is fed dicts (header -> value), never panoramisk objects, and takes the
+clock as an argument, so tests drive it with recorded traces and no event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class MissReason(StrEnum):
+    QUEUE_ABANDON = "queue_abandon"
+    QUEUE_TIMEOUT = "queue_timeout"  # left the queue with no agent (timeout, leave/join-empty)
+    NO_ANSWER = "no_answer"  # a ring group or extension nobody answered
+    IVR_HANGUP = "ivr_hangup"  # hung up before reaching anyone
+    AFTER_HOURS = "after_hours"
+
+
+@dataclass(frozen=True)
+class DetectionRules:
+    """Which calls count. Empty sets mean "any"."""
+
+    inbound_contexts: frozenset[str] = frozenset({"from-pstn"})
+    queues: frozenset[str] = frozenset()
+    dids: frozenset[str] = frozenset()
+    # Caller IDs this short are internal extensions, never clients.
+    internal_max_digits: int = 5
+    own_numbers: frozenset[str] = frozenset()
+    # A call with no news for this long is dropped from memory (lost hang-up).
+    stale_after: timedelta = timedelta(hours=6)
+
+
+@dataclass
+class CallTrack:
+    linkedid: str
+    caller_num: str
+    caller_name: str
+    did: str
+    context: str
+    started_at: datetime
+    queue: str | None = None
+    joined_at: datetime | None = None
+    answered_at: datetime | None = None
+    agent: str | None = None
+    hold_time: int | None = None
+    abandoned_at: datetime | None = None
+    ended_at: datetime | None = None
+    dialled: bool = False
+    after_hours: bool = False
+    missed: MissReason | None = None
+    last_seen: datetime = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.last_seen is None:
+            self.last_seen = self.started_at
+
+    @property
+    def answered(self) -> bool:
+        return self.answered_at is not None
+
+
+@dataclass(frozen=True)
+class Missed:
+    linkedid: str
+    caller_num: str
+    caller_name: str
+    reason: MissReason
+    queue: str | None
+    did: str
+    # Seconds the caller waited before giving up (queue hold time, or the call's length).
+    waited: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Answered:
+    linkedid: str
+    caller_num: str
+    agent: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    call: CallTrack
+
+
+DetectorEvent = Missed | Answered | CallEnded
+
+
+def _seconds(a: datetime | None, b: datetime | None) -> int:
+    if a is None or b is None:
+        return 0
+    return max(0, round((b - a).total_seconds()))
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class Detector:
+    """Per-call state keyed by Linkedid; see the module docstring."""
+
+    def __init__(self, rules: DetectionRules | None = None) -> None:
+        self.rules = rules or DetectionRules()
+        self.calls: dict[str, CallTrack] = {}
+
+    def feed(self, event: Mapping[str, str], now: datetime) -> list[DetectorEvent]:
+        name = event.get("Event", "")
+        handler = getattr(self, f"_on_{name}", None)
+        if handler is None:
+            return []
+        linkedid = event.get("Linkedid") or ""
+        if not linkedid:
+            return []
+        return handler(event, linkedid, now)
+
+    # -- call start -----------------------------------------------------------------
+
+    def _counts(self, event: Mapping[str, str]) -> bool:
+        rules = self.rules
+        if rules.inbound_contexts and event.get("Context", "") not in rules.inbound_contexts:
+            return False
+        return not (rules.dids and event.get("Exten", "") not in rules.dids)
+
+    def _is_client(self, number: str) -> bool:
+        digits = "".join(ch for ch in number if ch.isdigit())
+        if 0 < len(digits) <= self.rules.internal_max_digits:
+            return False
+        own = self.rules.own_numbers
+        return not (own and (number in own or f"+{digits}" in own or digits in own))
+
+    def _on_Newchannel(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        if ev.get("Uniqueid") != linkedid or linkedid in self.calls or not self._counts(ev):
+            return []
+        caller = ev.get("CallerIDNum", "")
+        if not self._is_client(caller):
+            return []
+        self.calls[linkedid] = CallTrack(
+            linkedid=linkedid,
+            caller_num=caller,
+            caller_name=ev.get("CallerIDName", ""),
+            did=ev.get("Exten", ""),
+            context=ev.get("Context", ""),
+            started_at=now,
+        )
+        return []
+
+    def _track(self, linkedid: str, now: datetime) -> CallTrack | None:
+        call = self.calls.get(linkedid)
+        if call is not None:
+            call.last_seen = now
+        return call
+
+    # -- queue ------------------------------------------------------------------------
+
+    def _on_QueueCallerJoin(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        call = self._track(linkedid, now)
+        if call is None:
+            return []
+        queue = ev.get("Queue", "")
+        if self.rules.queues and queue not in self.rules.queues:
+            return []
+        call.queue = queue
+        call.joined_at = now
+        return []
+
+    def _on_AgentConnect(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        call = self._track(linkedid, now)
+        if call is None or call.answered:
+            return []
+        call.hold_time = _int(ev.get("HoldTime"))
+        return self._answer(call, ev.get("MemberName") or ev.get("Interface"), now)
+
+    def _on_QueueCallerAbandon(
+        self, ev: Mapping[str, str], linkedid: str, now: datetime
+    ) -> list[DetectorEvent]:
+        call = self._track(linkedid, now)
+        if call is None or call.answered or call.queue is None:
+            return []
+        call.abandoned_at = now
+        call.hold_time = _int(ev.get("HoldTime"))
+        waited = call.hold_time if call.hold_time is not None else _seconds(call.joined_at, now)
+        return self._miss(call, MissReason.QUEUE_ABANDON, waited, now)
+
+    # -- ring groups, extensions, after hours -------------------------------------------
+
+    def _on_DialBegin(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        call = self._track(linkedid, now)
+        if call is not None:
+            call.dialled = True
+        return []
+
+    def _on_DialEnd(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        call = self._track(linkedid, now)
+        if call is None or call.answered or ev.get("DialStatus") != "ANSWER":
+            return []
+        return self._answer(call, ev.get("DestCallerIDNum") or ev.get("DestChannel"), now)
+
+    def _on_UserEvent(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        """``UserEvent(CallbackdMark,Reason: after_hours)`` from dialplans/ marks a call."""
+        call = self._track(linkedid, now)
+        if call is not None and ev.get("UserEvent") == "CallbackdMark" and ev.get("Reason") == "after_hours":
+            call.after_hours = True
+        return []
+
+    # -- end ----------------------------------------------------------------------------
+
+    def _on_Hangup(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        if ev.get("Uniqueid") != linkedid:
+            return []
+        call = self.calls.pop(linkedid, None)
+        if call is None:
+            return []
+        call.ended_at = now
+        out: list[DetectorEvent] = []
+        if not call.answered and call.missed is None:
+            if call.after_hours:
+                reason = MissReason.AFTER_HOURS
+            elif call.queue is not None:
+                reason = MissReason.QUEUE_TIMEOUT
+            elif call.dialled:
+                reason = MissReason.NO_ANSWER
+            else:
+                reason = MissReason.IVR_HANGUP
+            out.extend(self._miss(call, reason, _seconds(call.started_at, now), now))
+        out.append(CallEnded(call))
+        return out
+
+    def _miss(self, call: CallTrack, reason: MissReason, waited: int, now: datetime) -> list[DetectorEvent]:
+        if call.missed is not None:
+            return []
+        call.missed = reason
+        return [
+            Missed(
+                call.linkedid, call.caller_num, call.caller_name, reason, call.queue, call.did, waited, now
+            )
+        ]
+
+    def _answer(self, call: CallTrack, agent: str | None, now: datetime) -> list[DetectorEvent]:
+        call.answered_at = now
+        call.agent = agent
+        return [Answered(call.linkedid, call.caller_num, agent, now)]
+
+    def expire(self, now: datetime) -> list[CallTrack]:
+        """Forget calls whose hang-up never arrived; returns them for logging."""
+        cutoff = now - self.rules.stale_after
+        stale = [c for c in self.calls.values() if c.last_seen < cutoff]
+        for call in stale:
+            del self.calls[call.linkedid]
+        return stale

@@ -1,0 +1,86 @@
+"""What to do with one missed contact, whatever its source.
+
+Every source (AMI, the "press 1" AGI route, MQTT, HTTP, the admin CLI) turns
+its input into a :class:`Contact` and asks :func:`decide`. The store then
+applies the decision in one transaction: one open request per number, later
+contacts merge into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from callbackd.domain.errors import InvalidNumber
+from callbackd.domain.phone import E164, NumberRules, parse_caller_id, sanitize_caller_name
+
+
+class Source(StrEnum):
+    AMI = "ami"
+    AGI = "agi"
+    MQTT = "mqtt"
+    HTTP = "http"
+    ADMIN = "admin"
+
+
+class Disposition(StrEnum):
+    SCHEDULE = "schedule"  # create or merge into the open request and call back
+    ANONYMOUS = "anonymous"  # stored as a contact, nobody to call
+    SHORT = "short"  # hung up before the short-abandon threshold
+    BLOCKED = "blocked"  # blacklist or destination rules
+    INVALID = "invalid"  # not a valid phone number
+
+
+@dataclass(frozen=True)
+class Contact:
+    source: Source
+    # Identifies the contact within its source (Linkedid, message id...): a contact
+    # seen twice (AMI reconnect, MQTT redelivery, form resubmit) is stored once.
+    source_ref: str
+    raw_number: str
+    reason: str
+    at: datetime
+    name: str = ""
+    waited: int | None = None  # seconds, for calls
+    comment: str = ""
+    preferred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    disposition: Disposition
+    number: E164 | None
+    name: str
+    detail: str = ""
+
+    @property
+    def schedules(self) -> bool:
+        return self.disposition is Disposition.SCHEDULE
+
+
+@dataclass(frozen=True)
+class IntakeRules:
+    region: str = "US"
+    numbers: NumberRules = field(default_factory=NumberRules)
+    short_abandon: timedelta = timedelta(seconds=5)
+
+
+def decide(contact: Contact, rules: IntakeRules) -> Decision:
+    name = sanitize_caller_name(contact.name)
+    try:
+        number = parse_caller_id(contact.raw_number, rules.region)
+    except InvalidNumber as exc:
+        return Decision(Disposition.INVALID, None, name, exc.reason)
+    if number is None:
+        return Decision(Disposition.ANONYMOUS, None, name, "withheld caller ID")
+    blocked = rules.numbers.verdict(number)
+    if blocked:
+        return Decision(Disposition.BLOCKED, number, name, blocked)
+    if (
+        contact.source is Source.AMI
+        and contact.waited is not None
+        and contact.waited < rules.short_abandon.total_seconds()
+    ):
+        return Decision(Disposition.SHORT, number, name, f"waited {contact.waited}s")
+    return Decision(Disposition.SCHEDULE, number, name)

@@ -1,0 +1,130 @@
+"""When the next callback attempt is due.
+
+The ladder says how long to wait between attempts; the schedule fits that into
+business hours and gives up on requests too old to be worth a call.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from callbackd.domain.calendar import BusinessCalendar
+from callbackd.domain.errors import InvalidSchedule
+
+__all__ = ["MAX_ATTEMPTS_LIMIT", "RetryLadder", "Schedule"]
+
+MAX_ATTEMPTS_LIMIT = 20
+_ZERO = timedelta(0)
+
+
+def _utc(at: datetime, name: str) -> datetime:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"{name} is naive: pass a timezone-aware datetime")
+    # Arithmetic happens in UTC: adding hours to a local time across DST would be off by one.
+    return at.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class RetryLadder:
+    """Waits between attempts, each counted from the previous attempt's start; the last wait repeats.
+
+    Counting from the start rather than the end keeps the rhythm independent of how
+    long a call rang or talked.
+    """
+
+    delays: tuple[timedelta, ...] = (timedelta(hours=1), timedelta(hours=3), timedelta(hours=6))
+    max_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "delays", tuple(self.delays))
+        if not self.delays:
+            raise InvalidSchedule("retry delays must not be empty")
+        for delay in self.delays:
+            if not isinstance(delay, timedelta) or delay <= _ZERO:
+                raise InvalidSchedule(f"retry delay {delay!r} must be a positive timedelta")
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
+            raise InvalidSchedule(f"max_attempts must be an integer, got {attempts!r}")
+        if not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidSchedule(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {attempts}")
+
+    def delay_after(self, attempts_made: int) -> timedelta:
+        """The wait after the ``attempts_made``-th attempt (1-based)."""
+        if attempts_made < 1:
+            raise ValueError("delay_after needs at least one attempt made")
+        return self.delays[min(attempts_made - 1, len(self.delays) - 1)]
+
+    def next_due(
+        self, attempts_made: int, last_attempt_at: datetime | None, created_at: datetime
+    ) -> datetime | None:
+        """When the next attempt may start (UTC), ignoring business hours; None when attempts are used up."""
+        if attempts_made < 0:
+            raise ValueError(f"attempts_made must be >= 0, got {attempts_made}")
+        if attempts_made >= self.max_attempts:
+            return None
+        if attempts_made == 0:
+            return _utc(created_at, "created_at")
+        if last_attempt_at is None:
+            raise ValueError(f"{attempts_made} attempts made but no last_attempt_at")
+        return _utc(last_attempt_at, "last_attempt_at") + self.delay_after(attempts_made)
+
+
+def _spread_offset(key: str, span: timedelta) -> timedelta:
+    """A stable per-key offset in ``[0, span)``; crc32 because ``hash()`` changes between processes."""
+    seconds = int(span.total_seconds())
+    if seconds <= 0:
+        return _ZERO
+    return timedelta(seconds=zlib.crc32(key.encode("utf-8", "surrogatepass")) % seconds)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """The retry ladder fitted into business hours, with an age limit."""
+
+    calendar: BusinessCalendar
+    ladder: RetryLadder = field(default_factory=RetryLadder)
+    max_age: timedelta = timedelta(days=3)
+    opening_spread: timedelta = timedelta(minutes=5)
+
+    def __post_init__(self) -> None:
+        if self.max_age <= _ZERO:
+            raise InvalidSchedule(f"max_age must be positive, got {self.max_age}")
+        if self.opening_spread < _ZERO:
+            raise InvalidSchedule(f"opening_spread must not be negative, got {self.opening_spread}")
+
+    def is_expired(self, created_at: datetime, now: datetime) -> bool:
+        """Whether a request is too old to call back at ``now``."""
+        return _utc(now, "now") > _utc(created_at, "created_at") + self.max_age
+
+    def due_at(
+        self,
+        attempts_made: int,
+        last_attempt_at: datetime | None,
+        created_at: datetime,
+        preferred_at: datetime | None = None,
+        spread_key: str = "",
+    ) -> datetime | None:
+        """When the next attempt should start (UTC), always inside business hours.
+
+        None means stop: attempts used up, or the next slot would be past ``max_age``.
+        A slot deferred to an opening is offset by up to ``opening_spread`` per
+        ``spread_key``, so a night's backlog does not ring every operator at 09:00 sharp.
+        """
+        raw = self.ladder.next_due(attempts_made, last_attempt_at, created_at)
+        if raw is None:
+            return None
+        if preferred_at is not None and attempts_made == 0:
+            raw = max(raw, _utc(preferred_at, "preferred_at"))
+        opened = self.calendar.next_open(raw).astimezone(UTC)
+        due = opened
+        if opened != raw:
+            interval = self.calendar.interval_at(opened)
+            if interval is not None:
+                # Subtract in UTC: two datetimes sharing a ZoneInfo subtract as wall times.
+                length = interval[1].astimezone(UTC) - interval[0].astimezone(UTC)
+                due = opened + _spread_offset(spread_key, min(self.opening_spread, length))
+        if due > _utc(created_at, "created_at") + self.max_age:
+            return None
+        return due

@@ -1,0 +1,82 @@
+"""Shared fixtures: real databases (a temporary SQLite file, a fresh PostgreSQL database)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from callbackd.adapters import db
+from callbackd.adapters.store import Store
+from callbackd.app import CLAIM_LEASE
+from callbackd.domain.calendar import BusinessCalendar
+from callbackd.domain.ladder import Schedule
+
+PG_ADMIN_DSN = os.environ.get(
+    "CALLBACKD_TEST_PG", "postgresql://callbackd_test:callbackd_test@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite+aiosqlite:///{tmp_path}/callbackd.db"
+
+
+@contextlib.asynccontextmanager
+async def pg_database():
+    """A new, empty PostgreSQL database, dropped afterwards."""
+    import asyncpg
+
+    name = f"callbackd_t_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_ADMIN_DSN} (see README set-up): {exc}")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def pg_url():
+    async with pg_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/callbackd.db"
+    else:
+        async with pg_database() as url:
+            yield url
+
+
+def always_open_schedule(**kw) -> Schedule:
+    return Schedule(calendar=BusinessCalendar.always_open("UTC"), **kw)
+
+
+@pytest.fixture
+async def store(db_url):
+    engine = db.make_engine(db_url)
+    await db.upgrade(engine)
+    yield Store(engine, node="test-node", schedule=always_open_schedule(), claim_lease=CLAIM_LEASE)
+    await engine.dispose()
+
+
+@pytest.fixture
+def now():
+    return datetime(2026, 3, 2, 10, 0, tzinfo=UTC)

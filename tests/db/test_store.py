@@ -1,0 +1,217 @@
+"""The store on real SQLite and PostgreSQL: exactly-once contacts, one open request per number,
+claims, and the ladder applied to attempt outcomes."""
+
+from datetime import timedelta
+
+import pytest
+
+from callbackd.adapters import db
+from callbackd.domain.intake import Contact, Disposition, IntakeRules, Source, decide
+from callbackd.domain.outcomes import Outcome
+from callbackd.domain.states import AttemptStatus, RequestEvent, RequestStatus
+
+RULES = IntakeRules(region="US")
+NUMBER = "+12025550123"
+
+
+def contact(ref, number="2025550123", at=None, source=Source.AMI, waited=30, reason="queue_abandon", **kw):
+    from datetime import UTC, datetime
+
+    return Contact(
+        source=source,
+        source_ref=ref,
+        raw_number=number,
+        reason=reason,
+        at=at or datetime(2026, 3, 2, 10, 0, tzinfo=UTC),
+        waited=waited,
+        **kw,
+    )
+
+
+async def add(store, c):
+    return await store.record_contact(c, decide(c, RULES))
+
+
+async def test_migrations_reach_head_and_are_idempotent(db_url):
+    engine = db.make_engine(db_url)
+    try:
+        await db.upgrade(engine)
+        await db.upgrade(engine)
+        assert await db.current_revision(engine) == db.head_revision()
+    finally:
+        await engine.dispose()
+
+
+async def test_contact_is_stored_once_and_merges_into_one_open_request(store, now):
+    first = await add(store, contact("L1", at=now))
+    assert first.created and first.request_id is not None
+    again = await add(store, contact("L1", at=now))  # same Linkedid after a reconnect
+    assert again.duplicate and again.request_id == first.request_id
+    merged = await add(
+        store, contact("form-9", source=Source.HTTP, reason="web_form", at=now + timedelta(minutes=1))
+    )
+    assert merged.merged and merged.request_id == first.request_id
+    req, _attempts, contacts = await store.get_request(first.request_id)
+    assert req.contact_count == 2 and req.sources == ["ami", "http"] and len(contacts) == 2
+    assert req.status == RequestStatus.OPEN and req.due_at == now
+    assert len(await store.list_requests()) == 1
+
+
+async def test_contacts_that_do_not_schedule_create_no_request(store, now):
+    for ref, num, waited, expected in [
+        ("a", "anonymous", 30, Disposition.ANONYMOUS),
+        ("b", "2025550123", 2, Disposition.SHORT),
+        ("c", "12&PJSIP/evil", 30, Disposition.INVALID),
+    ]:
+        c = contact(ref, number=num, waited=waited, at=now)
+        assert decide(c, RULES).disposition is expected
+        res = await add(store, c)
+        assert res.request_id is None and res.contact_id is not None
+    assert await store.list_requests() == []
+
+
+async def _claim_one(store, now):
+    [req] = await store.claim_due(now, 5)
+    assert req.status == RequestStatus.DIALLING
+    return req
+
+
+async def test_busy_then_answer_walks_the_ladder(store, now):
+    await add(store, contact("L1", at=now))
+    req = await _claim_one(store, now)
+    assert await store.claim_due(now, 5) == []  # never twice
+    att = await store.start_attempt(req.id, "PJSIP/op1", now)
+    assert att.status == AttemptStatus.DIALLING and att.try_no == 1 and att.channel_id == f"cbd-{att.id}"
+    done = await store.finish_attempt(
+        att.id,
+        Outcome.CLIENT_BUSY,
+        now + timedelta(seconds=20),
+        max_operator_tries=3,
+        operator_retry_delay=timedelta(seconds=30),
+    )
+    assert done.request_status == RequestStatus.OPEN and done.counted
+    assert done.due_at == now + timedelta(hours=1)  # counted from the attempt's start
+    assert await store.claim_due(now + timedelta(minutes=59), 5) == []
+    later = now + timedelta(hours=1)
+    req = await _claim_one(store, later)
+    att2 = await store.start_attempt(req.id, "PJSIP/op2", later)
+    assert att2.try_no == 2
+    done = await store.finish_attempt(
+        att2.id,
+        Outcome.ANSWERED,
+        later + timedelta(seconds=60),
+        max_operator_tries=3,
+        operator_retry_delay=timedelta(seconds=30),
+        talk_seconds=42,
+    )
+    assert done.request_status == RequestStatus.REACHED and done.close_reason == "reached"
+    # Finishing twice changes nothing.
+    assert (
+        await store.finish_attempt(
+            att2.id,
+            Outcome.CLIENT_BUSY,
+            later,
+            max_operator_tries=3,
+            operator_retry_delay=timedelta(seconds=30),
+        )
+        is None
+    )
+    req, attempts, _ = await store.get_request(req.id)
+    assert req.attempts_made == 2 and [a.outcome for a in attempts] == ["client_busy", "answered"]
+    assert attempts[1].talk_seconds == 42
+    # A new miss from the same number after the request closed opens a new request.
+    res = await add(store, contact("L2", at=later + timedelta(hours=1)))
+    assert res.created and res.request_id != req.id
+
+
+async def test_operator_failures_do_not_use_client_tries(store, now):
+    await add(store, contact("L1", at=now))
+    for i in range(3):
+        req = await _claim_one(store, now)
+        att = await store.start_attempt(req.id, f"PJSIP/op{i}", now)
+        done = await store.finish_attempt(
+            att.id,
+            Outcome.OPERATOR_NO_ANSWER,
+            now,
+            max_operator_tries=3,
+            operator_retry_delay=timedelta(seconds=30),
+        )
+        assert not done.counted
+    # After three operators failed, the request waits the retry delay.
+    assert done.due_at == now + timedelta(seconds=30)
+    req, _, _ = await store.get_request(req.id)
+    assert req.attempts_made == 0
+
+
+async def test_invalid_number_closes_and_max_attempts_fail(store, now):
+    await add(store, contact("L1", at=now))
+    req = await _claim_one(store, now)
+    att = await store.start_attempt(req.id, "PJSIP/op1", now)
+    done = await store.finish_attempt(
+        att.id, Outcome.INVALID_NUMBER, now, max_operator_tries=3, operator_retry_delay=timedelta(seconds=30)
+    )
+    assert (done.request_status, done.close_reason) == (RequestStatus.FAILED, "invalid_number")
+
+    await add(store, contact("L2", number="2025550124", at=now))
+    t = now
+    for _ in range(5):
+        [req] = await store.claim_due(t, 5)
+        att = await store.start_attempt(req.id, "PJSIP/op1", t)
+        done = await store.finish_attempt(
+            att.id,
+            Outcome.CLIENT_NO_ANSWER,
+            t,
+            max_operator_tries=3,
+            operator_retry_delay=timedelta(seconds=30),
+        )
+        if done.due_at:
+            t = done.due_at
+    assert (done.request_status, done.close_reason) == (RequestStatus.FAILED, "max_attempts")
+    req, attempts, _ = await store.get_request(req.id)
+    assert req.attempts_made == 5 and len(attempts) == 5
+
+
+async def test_recovery_cancel_and_retry(store, now):
+    res = await add(store, contact("L1", at=now))
+    assert await store.recover(NUMBER, now, "client_called_in") == [res.request_id]
+    assert await store.claim_due(now, 5) == []
+    res2 = await add(store, contact("L2", at=now))
+    req = await store.admin_event(res2.request_id, RequestEvent.CANCEL, now)
+    assert req.status == RequestStatus.CANCELLED
+    req = await store.admin_event(res2.request_id, RequestEvent.RETRY_NOW, now)
+    assert req.status == RequestStatus.OPEN and req.due_at == now
+
+
+async def test_recovered_while_dialling_keeps_recovered(store, now):
+    await add(store, contact("L1", at=now))
+    req = await _claim_one(store, now)
+    att = await store.start_attempt(req.id, "PJSIP/op1", now)
+    await store.recover(NUMBER, now, "client_called_in")
+    done = await store.finish_attempt(
+        att.id, Outcome.CLIENT_BUSY, now, max_operator_tries=3, operator_retry_delay=timedelta(seconds=30)
+    )
+    assert done.request_status == RequestStatus.RECOVERED
+
+
+async def test_stale_claim_is_released(store, now):
+    await add(store, contact("L1", at=now))
+    await _claim_one(store, now)
+    await store.release_stale_claims(now)  # the lease has not run out
+    assert await store.claim_due(now, 5) == []
+    await store.release_stale_claims(now + timedelta(hours=3))
+    assert len(await store.claim_due(now + timedelta(hours=3), 5)) == 1
+
+
+@pytest.mark.parametrize("n", [20])
+async def test_claims_never_overlap(store, now, n):
+    import asyncio
+
+    for i in range(n):
+        await add(store, contact(f"L{i}", number=f"20255501{i:02d}", at=now))
+    ids: list[int] = []
+    for _ in range(n):  # concurrent rounds until everything is claimed
+        batches = await asyncio.gather(*(store.claim_due(now, 3) for _ in range(4)))
+        ids += [r.id for b in batches for r in b]
+        if len(ids) >= n:
+            break
+    assert len(ids) == len(set(ids)) == n

@@ -1,0 +1,37 @@
+"""systemd-analyze verify on the shipped unit, with ExecStart pointing at the installed command."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "callbackd.service"
+
+
+def test_unit_verifies(tmp_path):
+    exe = shutil.which("callbackd") or str(Path(sys.executable).parent / "callbackd")
+    assert Path(exe).exists(), "pip install . must provide the callbackd command"
+    unit = tmp_path / "callbackd.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/callbackd", exe))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+
+
+def test_unit_has_the_promised_settings():
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "User=callbackd",
+        "StateDirectory=callbackd",
+        "ConfigurationDirectory=callbackd",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=",
+    ):
+        assert line in text, line

@@ -1,0 +1,158 @@
+"""Missed-call detection fed with plain event sequences (field names as Asterisk 22 sends them)."""
+
+from datetime import UTC, datetime, timedelta
+
+from callbackd.domain.detection import (
+    Answered,
+    CallEnded,
+    DetectionRules,
+    Detector,
+    Missed,
+    MissReason,
+)
+
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+LID = "1795400063.5"
+
+
+def ev(name, **fields):
+    base = {"Event": name, "Linkedid": LID, "Uniqueid": LID}
+    base.update(fields)
+    return base
+
+
+def newchannel(caller="79990001122", context="from-pstn", exten="100", uid=LID):
+    return ev(
+        "Newchannel", CallerIDNum=caller, CallerIDName="Caller", Context=context, Exten=exten, Uniqueid=uid
+    )
+
+
+def run(det, events):
+    out = []
+    for i, e in enumerate(events):
+        out.extend(det.feed(e, T0 + timedelta(seconds=i)))
+    return out
+
+
+def test_queue_abandon_reports_at_once_and_once():
+    det = Detector()
+    out = run(
+        det,
+        [
+            newchannel(),
+            ev("QueueCallerJoin", Queue="support", Count="1"),
+            ev("Newchannel", Uniqueid="1795400063.6", Context="from-operators", CallerIDNum="<unknown>"),
+            ev("AgentCalled", Queue="support"),
+            ev("DialBegin", DestChannel="PJSIP/op1-00000006"),
+            ev("DialEnd", DialStatus="CANCEL"),
+        ],
+    )
+    assert out == []
+    out = det.feed(
+        ev("QueueCallerAbandon", Queue="support", HoldTime="6", Position="1"), T0 + timedelta(seconds=7)
+    )
+    assert len(out) == 1 and isinstance(out[0], Missed)
+    miss = out[0]
+    assert (miss.reason, miss.waited, miss.queue, miss.caller_num) == (
+        MissReason.QUEUE_ABANDON,
+        6,
+        "support",
+        "79990001122",
+    )
+    out = run(det, [ev("QueueCallerLeave", Queue="support", Count="0"), ev("Hangup", Cause="16")])
+    assert [type(o) for o in out] == [CallEnded]
+    call = out[0].call
+    assert call.missed is MissReason.QUEUE_ABANDON and not call.answered and call.hold_time == 6
+    assert det.calls == {}
+
+
+def test_queue_timeout_without_abandon_event_is_missed_at_hangup():
+    det = Detector()
+    out = run(
+        det, [newchannel(), ev("QueueCallerJoin", Queue="support"), ev("QueueCallerLeave", Queue="support")]
+    )
+    assert out == []
+    out = run(det, [ev("Hangup")])
+    assert isinstance(out[0], Missed) and out[0].reason is MissReason.QUEUE_TIMEOUT
+    assert isinstance(out[1], CallEnded)
+
+
+def test_answered_queue_call_is_not_missed_and_reports_answer():
+    det = Detector()
+    out = run(
+        det,
+        [
+            newchannel(),
+            ev("QueueCallerJoin", Queue="support"),
+            ev("AgentConnect", Queue="support", MemberName="op1", Interface="PJSIP/op1", HoldTime="4"),
+            ev("Hangup"),
+        ],
+    )
+    assert isinstance(out[0], Answered) and out[0].agent == "op1"
+    assert isinstance(out[1], CallEnded) and out[1].call.answered and out[1].call.hold_time == 4
+    assert not any(isinstance(o, Missed) for o in out)
+
+
+def test_ring_group_no_answer_and_ivr_hangup():
+    det = Detector()
+    out = run(
+        det,
+        [
+            newchannel(),
+            ev("DialBegin", DestChannel="PJSIP/op1-1"),
+            ev("DialEnd", DialStatus="NOANSWER"),
+            ev("Hangup"),
+        ],
+    )
+    assert out[0].reason is MissReason.NO_ANSWER
+    det = Detector()
+    out = run(det, [newchannel(), ev("Hangup")])
+    assert out[0].reason is MissReason.IVR_HANGUP
+
+
+def test_direct_dial_answered():
+    det = Detector()
+    out = run(det, [newchannel(), ev("DialEnd", DialStatus="ANSWER", DestCallerIDNum="101"), ev("Hangup")])
+    assert isinstance(out[0], Answered)
+    assert not any(isinstance(o, Missed) for o in out)
+
+
+def test_after_hours_mark():
+    det = Detector()
+    out = run(
+        det, [newchannel(), ev("UserEvent", UserEvent="CallbackdMark", Reason="after_hours"), ev("Hangup")]
+    )
+    assert out[0].reason is MissReason.AFTER_HOURS
+
+
+def test_calls_outside_the_rules_are_ignored():
+    det = Detector(
+        DetectionRules(inbound_contexts=frozenset({"from-pstn"}), own_numbers=frozenset({"+15550000000"}))
+    )
+    assert run(det, [newchannel(context="from-internal"), ev("Hangup")]) == []
+    assert run(det, [newchannel(caller="101"), ev("Hangup")]) == []  # an internal extension
+    assert run(det, [newchannel(caller="15550000000"), ev("Hangup")]) == []  # our own number
+    det = Detector(DetectionRules(queues=frozenset({"sales"})))
+    out = run(
+        det, [newchannel(), ev("QueueCallerJoin", Queue="support"), ev("QueueCallerAbandon", Queue="support")]
+    )
+    assert out == []
+
+
+def test_events_of_other_channels_and_garbage_are_harmless():
+    det = Detector()
+    assert det.feed({}, T0) == []
+    assert det.feed({"Event": "Hangup"}, T0) == []
+    assert det.feed({"Event": "NoSuchEvent", "Linkedid": "x"}, T0) == []
+    run(det, [newchannel()])
+    # A second channel of the same call hanging up does not end the call.
+    assert det.feed(ev("Hangup", Uniqueid="1795400063.6"), T0) == []
+    assert LID in det.calls
+
+
+def test_stale_calls_are_forgotten():
+    det = Detector(DetectionRules(stale_after=timedelta(hours=1)))
+    run(det, [newchannel()])
+    assert det.expire(T0 + timedelta(minutes=30)) == []
+    assert [c.linkedid for c in det.expire(T0 + timedelta(hours=2))] == [LID]
+    assert det.calls == {}
