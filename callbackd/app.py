@@ -20,7 +20,7 @@ import structlog
 
 from callbackd.adapters import db
 from callbackd.adapters.ami import AmiClient, AmiError
-from callbackd.adapters.store import Store
+from callbackd.adapters.store import ContactResult, Store
 from callbackd.config import Config
 from callbackd.dialer import Dialer
 from callbackd.domain.detection import Answered, CallEnded, DetectionRules, Detector, Missed
@@ -116,6 +116,13 @@ class Daemon:
             )
             stack.push_async_callback(self.dialer.close)
             await self.ami.start(a.connect_timeout.total_seconds())
+            if self.cfg.agi.enabled:
+                from callbackd.adapters.agi import CallbackAgi
+
+                agi = CallbackAgi(self.submit, self.rules)
+                server = await agi.serve(self.cfg.agi.host, self.cfg.agi.port)
+                stack.push_async_callback(_close_server, server)
+                log.info("agi.listening", host=self.cfg.agi.host, port=self.cfg.agi.port)
             tasks = [
                 asyncio.create_task(self._intake_worker(), name="intake"),
                 asyncio.create_task(self.dialer.run(), name="dialer"),
@@ -123,6 +130,12 @@ class Daemon:
                 asyncio.create_task(self._watchdog(), name="watchdog"),
             ]
             stack.push_async_callback(_cancel, tasks)
+            from callbackd.adapters.scheduled import ReportScheduler
+
+            reports = ReportScheduler(self.cfg)
+            reports.start()
+            stack.callback(reports.shutdown)
+            await self._start_lead_intake(stack)
             self._install_signals()
             notify("READY=1\nSTATUS=attached to AMI")
             log.info(
@@ -193,6 +206,22 @@ class Daemon:
             finally:
                 self.intake.task_done()
 
+    async def _start_lead_intake(self, stack: AsyncExitStack) -> None:
+        """Web forms over HTTP and MQTT; pushed last, so they stop taking input first on exit."""
+        if self.cfg.http.enabled:
+            from callbackd.adapters.http import HttpServer, build_app
+
+            app = build_app(self.submit, self.cfg.http_token(), self.rules)
+            server = HttpServer(app, self.cfg.http.host, self.cfg.http.port)
+            await server.start()
+            stack.push_async_callback(server.stop)
+        if self.cfg.mqtt.enabled:
+            from callbackd.adapters.mqtt import MqttIntake
+
+            mqtt = MqttIntake(self.cfg.mqtt, self.submit, self.rules)
+            mqtt.start()
+            stack.push_async_callback(mqtt.stop)
+
     async def _flush_intake(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.intake.join(), 5)
@@ -226,7 +255,7 @@ class Daemon:
                 number = None
             await self.store.record_call(item.call, str(number) if number else None)
 
-    async def submit(self, contact: Contact) -> Any:
+    async def submit(self, contact: Contact) -> ContactResult:
         """Every source ends here: decide, store once, wake the dialer."""
         decision = decide(contact, self.rules)
         result = await self.store.record_contact(contact, decision)
@@ -283,6 +312,12 @@ class Daemon:
         while True:
             notify("WATCHDOG=1")
             await asyncio.sleep(usec / 2e6)
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 5)
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from callbackd import config as config_mod
 from callbackd.config import Config, ConfigError
@@ -184,6 +187,134 @@ def cmd_requests(args: argparse.Namespace) -> int:
         return 1
 
 
+def _bounds(args: argparse.Namespace, tz: Any) -> tuple[datetime, datetime]:
+    """--from and --to (exclusive, default now); raises ValueError with the message to show."""
+    from callbackd.domain.periods import parse_bound
+
+    bounds = []
+    for flag, text in (("--from", args.start), ("--to", args.end)):
+        if text is None:
+            bounds.append(datetime.now(UTC))
+            continue
+        try:
+            bounds.append(parse_bound(text, tz))
+        except ValueError:
+            raise ValueError(f"{flag} {text!r}: use YYYY-MM-DD or an ISO 8601 date and time") from None
+    start, end = bounds
+    if start >= end:
+        raise ValueError("--to must be after --from (it is exclusive: one day is --from D --to D+1)")
+    return start, end
+
+
+def _csv_options(args: argparse.Namespace, base: Any) -> Any:
+    from dataclasses import replace
+
+    if args.excel_ru:
+        return type(base).excel_ru()
+    opts = base
+    if args.bom:
+        opts = replace(opts, bom=True)
+    if args.delimiter:
+        delimiter = "\t" if args.delimiter == "tab" else args.delimiter
+        opts = replace(opts, delimiter=delimiter, decimal="." if delimiter == "," else opts.decimal)
+    return opts
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    """Standard output as UTF-8 whatever the locale, or a file replaced atomically."""
+    from callbackd.adapters.reports import atomic_text
+
+    if path and path != "-":
+        with atomic_text(Path(path)) as f:
+            yield f
+        return
+    out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+    try:
+        yield out
+    finally:
+        out.flush()
+        out.detach()
+
+
+def _run_db(go: Callable[[], Awaitable[int]]) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        return asyncio.run(go())
+    except DBAPIError as exc:
+        print(f"callbackd: database: {exc.orig} (is it migrated? callbackd db upgrade)", file=sys.stderr)
+        return 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from callbackd.adapters import db, reports
+    from callbackd.domain.metrics import Grouping
+
+    cfg = _load(args)
+    settings = reports.ReportSettings.from_config(cfg)
+    try:
+        start, end = _bounds(args, settings.tz)
+    except ValueError as exc:
+        print(f"callbackd report: {exc}", file=sys.stderr)
+        return 2
+    options = _csv_options(args, settings.csv)
+
+    async def go() -> int:
+        engine = db.make_engine(cfg.database.url)
+        try:
+            report = await reports.build_report(
+                engine,
+                start,
+                end,
+                by=Grouping(args.by) if args.by else None,
+                tz=settings.tz,
+                thresholds=settings.thresholds,
+            )
+        finally:
+            await engine.dispose()
+        with _output(args.output) as out:
+            reports.write_report(report, out, args.format, options, settings.tz)
+        return 0
+
+    return _run_db(go)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from callbackd.adapters import db, reports
+
+    cfg = _load(args)
+    settings = reports.ReportSettings.from_config(cfg)
+    try:
+        start, end = _bounds(args, settings.tz)
+    except ValueError as exc:
+        print(f"callbackd export: {exc}", file=sys.stderr)
+        return 2
+    options = _csv_options(args, settings.csv)
+
+    async def go() -> int:
+        engine = db.make_engine(cfg.database.url)
+        try:
+            with _output(args.output) as out:
+                n = await reports.export(engine, args.what, start, end, out, options, settings.tz)
+        finally:
+            await engine.dispose()
+        if args.output and args.output != "-":
+            print(f"{n} {args.what} written to {args.output}", file=sys.stderr)
+        return 0
+
+    return _run_db(go)
+
+
+def _period_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="start", required=True, metavar="DATE", help="YYYY-MM-DD or ISO datetime")
+    p.add_argument("--to", dest="end", metavar="DATE", help="exclusive end (default: now)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write FILE (replaced atomically), not stdout")
+    p.add_argument("--bom", action="store_true", help="start CSV with a UTF-8 byte order mark")
+    p.add_argument("--delimiter", choices=[",", ";", "tab"], metavar="CHAR", help="CSV: ',' ';' or 'tab'")
+    p.add_argument("--excel-ru", action="store_true", help="CSV for Russian Excel: BOM, ';', decimal ','")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="callbackd", description="Auto-callback engine for Asterisk.")
     p.add_argument(
@@ -214,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
         x = rqs.add_parser(name)
         x.add_argument("id", type=int)
     rq.set_defaults(func=cmd_requests)
+
+    rp = sub.add_parser("report", help="abandon rate, service level and callback figures for a period")
+    _period_arguments(rp)
+    rp.add_argument("--by", choices=["day", "hour", "queue", "operator", "source"])
+    rp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rp.set_defaults(func=cmd_report)
+    ex = sub.add_parser("export", help="CSV, one row per stored call, request or attempt")
+    ex.add_argument("what", choices=["calls", "requests", "attempts"])
+    _period_arguments(ex)
+    ex.set_defaults(func=cmd_export)
     return p
 
 

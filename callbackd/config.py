@@ -221,10 +221,150 @@ def build_schedule(s: ScheduleConfig):
     )
 
 
+class AgiConfig(_Section):
+    """The FastAGI listener for "press 1 to be called back"; loopback unless Asterisk is remote."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(4574, ge=1, le=65535)
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
     mask_numbers: bool = False
+
+
+HTTP_TOKEN_ENV = "CALLBACKD_HTTP_TOKEN"
+_MIN_TOKEN = 16
+
+
+class HttpConfig(_Section):
+    """The lead-form API; off by default, and never on without a bearer token."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8380, ge=1, le=65535)
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < _MIN_TOKEN:
+            raise ValueError(f"use at least {_MIN_TOKEN} characters, e.g. from: openssl rand -hex 24")
+        return v
+
+    @model_validator(mode="after")
+    def _has_token(self) -> HttpConfig:
+        has_token = self.token is not None or self.token_file is not None or os.environ.get(HTTP_TOKEN_ENV)
+        if self.enabled and not has_token:
+            raise ValueError(f"enabled without a token: set http.token, http.token_file or {HTTP_TOKEN_ENV}")
+        return self
+
+
+def _topic(v: str, *, wildcards: bool) -> str:
+    if not v or "\0" in v or len(v.encode()) > 65535:
+        raise ValueError("must be a non-empty MQTT topic")
+    for level in v.split("/"):
+        if ("+" in level or "#" in level) and not wildcards:
+            raise ValueError("may not contain the wildcards + or #")
+        if ("+" in level and level != "+") or ("#" in level and level != "#"):
+            raise ValueError("a wildcard must be a whole level, e.g. leads/+/form or leads/#")
+    if "#" in v and not v.endswith("#"):
+        raise ValueError("# may only be the last level")
+    return v
+
+
+class MqttConfig(_Section):
+    """Lead forms published to a broker; replies go to the message's response topic or reply_topic."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    topic: str = "callbackd/leads"
+    # "" sends no replies except to MQTT v5 messages that name a response topic.
+    reply_topic: str = "callbackd/leads/reply"
+    client_id: str = ""  # "" lets the broker assign one
+    qos: int = Field(1, ge=0, le=2)
+    reconnect_max: Duration = timedelta(seconds=60)
+
+    @field_validator("topic")
+    @classmethod
+    def _filter(cls, v: str) -> str:
+        return _topic(v, wildcards=True)
+
+    @field_validator("reply_topic")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _topic(v, wildcards=False) if v else v
+
+
+class ScheduledReportConfig(_Section):
+    """One ``[[reports.schedule]]`` entry: a file written to *directory* on a cron schedule."""
+
+    cron: str  # five crontab fields in the report time zone, e.g. "5 0 * * *"
+    what: Literal["report", "calls", "requests", "attempts"] = "report"
+    period: str = "yesterday"
+    by: Literal["day", "hour", "queue", "operator", "source"] = "day"
+    format: Literal["csv", "json", "table"] = "csv"
+    directory: Path = Path("/var/lib/callbackd/reports")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; use five crontab fields such as '5 0 * * *'") from None
+        return v
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, v: str) -> str:
+        from callbackd.domain.periods import PERIODS
+
+        if v not in PERIODS:
+            raise ValueError(f"unknown period {v!r}; use one of {', '.join(PERIODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _exports_are_csv(self) -> ScheduledReportConfig:
+        if self.what != "report" and self.format != "csv":
+            raise ValueError(f'{self.what} exports are CSV only; drop format or set it to "csv"')
+        return self
+
+
+class ReportsConfig(_Section):
+    timezone: str | None = None  # default: schedule.timezone
+    short_abandon: Duration | None = None  # default: detection.short_abandon
+    service_level: Duration = timedelta(seconds=20)
+    csv_bom: bool = False
+    csv_delimiter: Literal[",", ";", "\t"] = ","
+    csv_decimal: Literal[".", ","] = "."
+    schedule: list[ScheduledReportConfig] = []
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if v is not None:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Europe/Moscow") from None
+        return v
+
+    @model_validator(mode="after")
+    def _separators(self) -> ReportsConfig:
+        if self.csv_delimiter == self.csv_decimal:
+            raise ValueError("csv_delimiter and csv_decimal must differ (use ';' with a decimal ',')")
+        return self
 
 
 class Config(_Section):
@@ -234,7 +374,11 @@ class Config(_Section):
     detection: DetectionConfig = DetectionConfig()
     dialer: DialerConfig = DialerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    agi: AgiConfig = AgiConfig()
+    http: HttpConfig = HttpConfig()
+    mqtt: MqttConfig = MqttConfig()
     log: LogConfig = LogConfig()
+    reports: ReportsConfig = ReportsConfig()
     node: str = Field(default_factory=lambda: os.uname().nodename)
 
     # -- domain objects built from the config ------------------------------------------
@@ -258,6 +402,20 @@ class Config(_Section):
             "ami.secret: no AMI secret (set ami.secret, ami.secret_file or CALLBACKD_AMI_SECRET)"
         )
 
+    def http_token(self) -> str:
+        """Environment first, then token_file, then the config file; too short is refused."""
+        token = os.environ.get(HTTP_TOKEN_ENV, "").strip()
+        if not token and self.http.token_file:
+            token = self.http.token_file.read_text().strip()
+        if not token and self.http.token is not None:
+            token = self.http.token.get_secret_value()
+        if len(token) < _MIN_TOKEN:
+            raise ConfigError(
+                f"http.token: {'no token' if not token else 'token too short'} (set http.token, "
+                f"http.token_file or {HTTP_TOKEN_ENV}, at least {_MIN_TOKEN} characters)"
+            )
+        return token
+
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     if explicit:
@@ -277,7 +435,11 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
 
 
 def _holds_secret(data: dict[str, Any]) -> bool:
-    return bool(data.get("ami", {}).get("secret")) or bool(data.get("http", {}).get("token"))
+    return (
+        bool(data.get("ami", {}).get("secret"))
+        or bool(data.get("http", {}).get("token"))
+        or bool(data.get("mqtt", {}).get("password"))
+    )
 
 
 def load(path: str | os.PathLike[str] | None = None, *, check_permissions: bool = True) -> Config:

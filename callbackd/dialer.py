@@ -230,8 +230,14 @@ class Dialer:
             result.get("Stage", ""), result.get("DialStatus", ""), result.get("ClientCause")
         )
         if outcome is Outcome.ANSWERED:
-            extra["talk_seconds"] = _int(result.get("AnsweredTime"))
+            extra["talk_seconds"] = self._talk_seconds(run, result)
         return outcome, extra
+
+    def _talk_seconds(self, run: Run, result: dict[str, str]) -> int | None:
+        """From the bridge to now; ANSWEREDTIME counts from the operator's answer."""
+        if run.client_answered_at is not None:
+            return max(0, round((self.clock() - run.client_answered_at).total_seconds()))
+        return _int(result.get("AnsweredTime"))
 
     def _operator_up(self, run: Run) -> None:
         if run.operator_answered_at is not None:

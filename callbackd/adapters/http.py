@@ -1,0 +1,222 @@
+"""HTTP intake for web lead forms, served by uvicorn on the daemon's own event loop.
+
+The body is read by hand rather than declared as a FastAPI body parameter so that
+its size is checked before anything parses it, and so that HTTP and MQTT refuse a
+form with the same words (:mod:`callbackd.adapters.payloads`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import structlog
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from callbackd.adapters.payloads import (
+    MAX_PAYLOAD,
+    LeadForm,
+    LeadRefused,
+    RefusalKind,
+    Submit,
+    parse_lead,
+    submit_lead,
+)
+from callbackd.domain.intake import IntakeRules, Source
+
+log = structlog.get_logger("callbackd.http")
+
+# Module level: annotations are strings here, and FastAPI resolves them in module globals.
+_bearer = HTTPBearer(auto_error=False, description="The token from http.token")
+_STATUS: dict[RefusalKind, int] = {"too_large": 413, "malformed": 422, "invalid": 422, "blocked": 403}
+
+
+class Accepted(BaseModel):
+    request_id: int
+    status: Literal["created", "merged", "duplicate"]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _responses() -> dict[int | str, dict[str, Any]]:
+    def problem(description: str) -> dict[str, Any]:
+        return {"model": Problem, "description": description}
+
+    return {
+        401: problem("Missing or wrong bearer token"),
+        403: problem("The number may not be called back (blacklist or prefix rules)"),
+        413: problem(f"Body over {MAX_PAYLOAD} bytes"),
+        422: problem("Malformed body, or a phone number that is not valid"),
+        503: problem("Could not be stored now; send it again later"),
+    }
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, or 413 as soon as it is known to be too large (before buffering it all)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_PAYLOAD:
+        raise LeadRefused("too_large", f"body over {MAX_PAYLOAD} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_PAYLOAD:
+            raise LeadRefused("too_large", f"body over {MAX_PAYLOAD} bytes")
+    return bytes(body)
+
+
+def build_app(
+    submit: Submit,
+    token: str,
+    rules: IntakeRules,
+    *,
+    extra_routers: Iterable[APIRouter] = (),
+    clock: Callable[[], datetime] = _utcnow,
+) -> FastAPI:
+    """The intake API. ``submit`` is ``Daemon.submit``; ``rules`` refuse a lead before it is stored.
+
+    ``extra_routers`` are mounted as they are: they bring their own authentication.
+    """
+    if not token:
+        raise ValueError("an empty token would let anyone in")
+    expected = token.encode()
+
+    def authorized(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        given = creds.credentials.encode() if creds is not None else b""
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="callbackd", version="1", summary="Missed-call and web-lead callbacks")
+
+    @app.post(
+        "/v1/callbacks",
+        status_code=202,
+        response_model=Accepted,
+        response_description="Stored: a new request, merged into the open one, or seen before",
+        responses=_responses(),
+        dependencies=[Depends(authorized)],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": LeadForm.model_json_schema()}},
+            }
+        },
+        summary="Ask for a callback",
+    )
+    async def create_callback(request: Request) -> Accepted:
+        """Store a lead; the same number while a request is open merges into it."""
+        try:
+            form = parse_lead(await _read_body(request))
+            accepted = await submit_lead(form, source=Source.HTTP, rules=rules, submit=submit, now=clock())
+        except LeadRefused as exc:
+            log.info("lead.refused", source="http", kind=exc.kind, reason=exc.reason)
+            raise HTTPException(_STATUS[exc.kind], exc.reason) from None
+        except Exception:
+            log.exception("lead.failed", source="http")
+            raise HTTPException(503, "could not store the request; send it again later") from None
+        return Accepted(request_id=accepted.request_id, status=accepted.status)
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for router in extra_routers:
+        app.include_router(router)
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: the daemon keeps SIGTERM and SIGINT for itself.
+
+    uvicorn 0.54 swaps the process's handlers in ``capture_signals`` for the whole of
+    ``serve`` and re-raises caught signals on exit, which would bypass the drain.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    """uvicorn as a task of the running loop, with a stop the daemon's exit stack can await."""
+
+    def __init__(self, app: FastAPI, host: str, port: int, *, grace: float = 5.0) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        self.grace = grace
+        self._sock: socket.socket | None = None
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when 0 asked for a free one)."""
+        if self._sock is None:
+            raise RuntimeError("not started")
+        return int(self._sock.getsockname()[1])
+
+    async def start(self) -> None:
+        # Bound here, not by uvicorn: uvicorn calls sys.exit() when it cannot bind, and a
+        # plain OSError gives the daemon's one-line start-up error instead.
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            self._sock = socket.create_server((self.host, self.requested_port), family=family)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"http: cannot listen on {self.host}:{self.requested_port}: {exc.strerror}"
+            ) from None
+        try:
+            await self._serve()
+        except BaseException:
+            self._sock.close()
+            raise
+        log.info("http.listening", host=self.host, port=self.port)
+
+    async def _serve(self) -> None:
+        assert self._sock is not None
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(self.grace),
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="http")
+        async with asyncio.timeout(10):
+            while not self._server.started:
+                if self._task.done():
+                    await self._task
+                    raise RuntimeError("HTTP server stopped during start-up")
+                await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in progress finish for up to ``grace`` seconds."""
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            _done, pending = await asyncio.wait({self._task}, timeout=self.grace + 1)
+            if pending:
+                self._server.force_exit = True
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1)
+        finally:
+            if self._sock is not None:
+                self._sock.close()
+        log.info("http.stopped")

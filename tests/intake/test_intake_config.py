@@ -1,0 +1,87 @@
+"""The [http] and [mqtt] sections: refused without a token, secrets kept private, shipped file valid."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from callbackd import config as config_mod
+from callbackd.config import HTTP_TOKEN_ENV, Config, ConfigError
+
+SHIPPED = Path(__file__).parents[2] / "config" / "callbackd.toml"
+TOKEN = "0123456789abcdef0123"
+
+
+def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    p = tmp_path / "callbackd.toml"
+    p.write_text(text)
+    p.chmod(mode)
+    return p
+
+
+def test_defaults_are_off():
+    cfg = Config()
+    assert not cfg.http.enabled and not cfg.mqtt.enabled
+    assert (cfg.http.host, cfg.http.port) == ("127.0.0.1", 8380)
+    assert (cfg.mqtt.port, cfg.mqtt.topic, cfg.mqtt.reply_topic, cfg.mqtt.qos) == (
+        1883,
+        "callbackd/leads",
+        "callbackd/leads/reply",
+        1,
+    )
+    assert cfg.mqtt.reconnect_max.total_seconds() == 60
+
+
+def test_http_enabled_without_a_token_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv(HTTP_TOKEN_ENV, raising=False)
+    with pytest.raises(ConfigError, match=r"http: enabled without a token"):
+        config_mod.load(write(tmp_path, "[http]\nenabled = true\n"))
+    monkeypatch.setenv(HTTP_TOKEN_ENV, TOKEN)
+    assert config_mod.load(write(tmp_path, "[http]\nenabled = true\n")).http_token() == TOKEN
+
+
+def test_token_sources_in_order(tmp_path, monkeypatch):
+    monkeypatch.delenv(HTTP_TOKEN_ENV, raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text("from-the-file-0123456789\n")
+    cfg = Config.model_validate({"http": {"enabled": True, "token": TOKEN, "token_file": str(token_file)}})
+    assert cfg.http_token() == "from-the-file-0123456789"
+    monkeypatch.setenv(HTTP_TOKEN_ENV, "from-the-environment-0123")
+    assert cfg.http_token() == "from-the-environment-0123"
+    monkeypatch.setenv(HTTP_TOKEN_ENV, "short")
+    with pytest.raises(ConfigError, match="too short"):
+        cfg.http_token()
+
+
+def test_short_token_in_the_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"http\.token: use at least 16"):
+        config_mod.load(write(tmp_path, '[http]\ntoken = "abc"\n'))
+
+
+@pytest.mark.parametrize("section", ['[http]\ntoken = "' + TOKEN + '"\n', '[mqtt]\npassword = "pw"\n'])
+def test_a_secret_in_a_world_readable_file_is_refused(tmp_path, section):
+    with pytest.raises(ConfigError, match="readable by others"):
+        config_mod.load(write(tmp_path, section, 0o644))
+    assert config_mod.load(write(tmp_path, section, 0o640))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("topic", ""), ("topic", "a/#/b"), ("topic", "a/b+"), ("reply_topic", "a/+"), ("qos", 3)],
+)
+def test_bad_mqtt_settings_are_refused(tmp_path, key, value):
+    line = f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}"
+    with pytest.raises(ConfigError, match=rf"mqtt\.{key}"):
+        config_mod.load(write(tmp_path, f"[mqtt]\n{line}\n".replace("'", '"')))
+
+
+def test_shipped_sections_are_valid_when_uncommented(monkeypatch):
+    monkeypatch.setenv(HTTP_TOKEN_ENV, TOKEN)
+    head, tail = SHIPPED.read_text().split("# [http]", 1)
+    tail = re.sub(r"^# (\[mqtt\]|[a-z_]+ = .*)$", r"\1", "# [http]" + tail, flags=re.M)
+    data = tomllib.loads(head + tail.replace("# [http]", "[http]", 1))
+    cfg = Config.model_validate(data)
+    assert cfg.http.enabled and cfg.mqtt.enabled and cfg.mqtt.password is not None

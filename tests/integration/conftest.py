@@ -1,0 +1,60 @@
+"""Integration fixtures: the Asterisk lab (asterisk/lab, see asterisk/README.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAB_TOOL = Path(__file__).resolve().parents[2] / "asterisk" / "lab"
+
+
+class Lab:
+    """Drives asterisk/lab. Any failure fails the test with the tool's own message."""
+
+    def run(self, *args: str, timeout: float = 600) -> str:
+        cmd = [sys.executable, str(LAB_TOOL), *args]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"asterisk/lab {' '.join(args)} did not finish within {timeout:.0f} s: {exc}")
+        if res.returncode != 0:
+            pytest.fail(
+                f"asterisk/lab {' '.join(args)} failed (exit {res.returncode}):\n{res.stdout}{res.stderr}"
+            )
+        return res.stdout
+
+    def status(self) -> dict:
+        res = subprocess.run(
+            [sys.executable, str(LAB_TOOL), "status", "--json"], capture_output=True, text=True
+        )
+        return json.loads(res.stdout) if res.stdout.strip() else {"up": False}
+
+    def call(self, number: str, hangup_after: float | None = None, to: str = "100", *extra: str) -> str:
+        """An inbound call from number; blocks until the call ends."""
+        args = ["call", "--from", number, "--to", to]
+        if hangup_after is not None:
+            args += ["--hangup-after", str(hangup_after)]
+        return self.run(*args, *extra, timeout=300)
+
+    def operator(self, name: str, behaviour: str) -> str:
+        """name: op1, op2, op1,op2 or all; behaviour: answer, answer:SECONDS, busy, noanswer, reject, off."""
+        return self.run("operator", name, behaviour)
+
+    def pstn(self, *args: str) -> str:
+        """e.g. pstn("+15551230002", "busy,answer"), pstn("--reset"), pstn("--talk", "3")."""
+        return self.run("pstn", *args)
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The lab, started once per session; stopped at the end unless it was already running."""
+    helper = Lab()
+    was_up = helper.status().get("up", False)
+    print(helper.run("up", timeout=900))
+    yield helper
+    if not was_up:
+        helper.run("down")

@@ -1,0 +1,99 @@
+"""Runs ``callbackd run`` as a real process against the lab and reads its JSON log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_CONFIG = ROOT / "asterisk" / "callbackd-lab.toml"
+
+
+def lab_config(tmp_path: Path, db_url: str | None = None, extra: str = "", **replace: str) -> Path:
+    """The lab's daemon config with its own database and JSON logs."""
+    text = LAB_CONFIG.read_text()
+    text = text.replace('secret_file = "asterisk/lab-ami-secret"', f'secret_file = "{ROOT}/asterisk/lab-ami-secret"')
+    text = text.replace(
+        'url = "sqlite+aiosqlite:////tmp/callbackd-lab/callbackd.db"',
+        f'url = "{db_url or f"sqlite+aiosqlite:///{tmp_path}/callbackd.db"}"',
+    )
+    text = text.replace('format = "console"', 'format = "json"')
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "callbackd.toml"
+    path.write_text(text + "\n" + extra)
+    path.chmod(0o600)
+    return path
+
+
+class DaemonProcess:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "callbackd", "--config", str(config), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.raw.append(line)
+                try:
+                    self.lines.append(json.loads(line))
+                except ValueError:
+                    self.lines.append({"event": "raw", "text": line.rstrip()})
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def events(self, name: str, **match: object) -> list[dict]:
+        with self._cond:
+            return [e for e in self.lines if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
+
+    def wait_for(self, name: str, timeout: float = 30, **match: object) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for e in self.lines:
+                    if e.get("event") == name and all(e.get(k) == v for k, v in match.items()):
+                        return e
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    break
+                self._cond.wait(min(left, 0.5))
+        pytest.fail(f"daemon logged no {name} {match or ''} within {timeout:.0f} s; log:\n{''.join(self.raw[-60:])}")
+
+    def stop(self, timeout: float = 40) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5)
