@@ -20,7 +20,9 @@ LAB_CONFIG = ROOT / "asterisk" / "callbackd-lab.toml"
 def lab_config(tmp_path: Path, db_url: str | None = None, extra: str = "", **replace: str) -> Path:
     """The lab's daemon config with its own database and JSON logs."""
     text = LAB_CONFIG.read_text()
-    text = text.replace('secret_file = "asterisk/lab-ami-secret"', f'secret_file = "{ROOT}/asterisk/lab-ami-secret"')
+    text = text.replace(
+        'secret_file = "asterisk/lab-ami-secret"', f'secret_file = "{ROOT}/asterisk/lab-ami-secret"'
+    )
     text = text.replace(
         'url = "sqlite+aiosqlite:////tmp/callbackd-lab/callbackd.db"',
         f'url = "{db_url or f"sqlite+aiosqlite:///{tmp_path}/callbackd.db"}"',
@@ -67,7 +69,11 @@ class DaemonProcess:
 
     def events(self, name: str, **match: object) -> list[dict]:
         with self._cond:
-            return [e for e in self.lines if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
+            return [
+                e
+                for e in self.lines
+                if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
+            ]
 
     def wait_for(self, name: str, timeout: float = 30, **match: object) -> dict:
         deadline = time.monotonic() + timeout
@@ -80,7 +86,9 @@ class DaemonProcess:
                 if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
                     break
                 self._cond.wait(min(left, 0.5))
-        pytest.fail(f"daemon logged no {name} {match or ''} within {timeout:.0f} s; log:\n{''.join(self.raw[-60:])}")
+        pytest.fail(
+            f"daemon logged no {name} {match or ''} within {timeout:.0f} s; log:\n{''.join(self.raw[-60:])}"
+        )
 
     def stop(self, timeout: float = 40) -> int:
         if self.proc.poll() is None:

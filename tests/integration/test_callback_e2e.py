@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from labdaemon import ROOT, DaemonProcess, lab_config
 
 from callbackd.adapters.ami import AmiClient
-
-from labdaemon import ROOT, DaemonProcess, lab_config
 
 pytestmark = pytest.mark.lab
 
@@ -27,7 +26,9 @@ class Watch:
         self.events.append(ev)
 
     def of(self, name: str, **match: str) -> list[dict[str, str]]:
-        return [e for e in self.events if e.get("Event") == name and all(e.get(k) == v for k, v in match.items())]
+        return [
+            e for e in self.events if e.get("Event") == name and all(e.get(k) == v for k, v in match.items())
+        ]
 
 
 @pytest.fixture
@@ -42,7 +43,11 @@ async def watch(lab):
 def requests_json(config, *args: str) -> object:
     out = subprocess.run(
         [sys.executable, "-m", "callbackd", "--config", str(config), "requests", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
     )
     return json.loads(out.stdout)
 
