@@ -192,7 +192,7 @@ class ScheduleConfig(_Section):
     holidays: list[str] = []
     delays: list[Duration] = [timedelta(hours=1), timedelta(hours=3), timedelta(hours=6)]
     max_attempts: int = Field(5, ge=1, le=20)
-    max_age: Duration = timedelta(days=3)
+    max_age: Duration = timedelta(days=7)
     opening_spread: Duration = timedelta(minutes=5)
 
     @model_validator(mode="after")
