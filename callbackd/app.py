@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections import Counter
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,9 +24,26 @@ from callbackd.adapters.ami import AmiClient, AmiError
 from callbackd.adapters.store import ContactResult, Store
 from callbackd.config import Config
 from callbackd.dialer import Dialer
-from callbackd.domain.detection import Answered, CallEnded, DetectionRules, Detector, Missed
+from callbackd.domain.detection import (
+    Answered,
+    CallEnded,
+    DetectionRules,
+    Detector,
+    Missed,
+    OutboundAnswered,
+)
 from callbackd.domain.errors import InvalidNumber
-from callbackd.domain.intake import Contact, Disposition, IntakeRules, Source, decide
+from callbackd.domain.intake import (
+    WEB_SOURCES,
+    Contact,
+    Decision,
+    Disposition,
+    IntakeRules,
+    Source,
+    decide,
+    limit,
+)
+from callbackd.domain.limits import AbuseGuard, AbuseLimits
 from callbackd.domain.operators import OperatorPool
 from callbackd.domain.phone import NumberRules, mask, parse_caller_id
 
@@ -64,6 +82,17 @@ def intake_rules(cfg: Config) -> IntakeRules:
     )
 
 
+def abuse_limits(cfg: Config) -> AbuseLimits:
+    lim = cfg.limits
+    return AbuseLimits(
+        new_requests_per_number=lim.new_requests_per_number,
+        per_number_window=lim.per_number_window,
+        new_requests_global=lim.new_requests_global,
+        global_window=lim.global_window,
+        attempts_per_hour=lim.attempts_per_hour,
+    )
+
+
 def detection_rules(cfg: Config) -> DetectionRules:
     d = cfg.detection
     return DetectionRules(
@@ -72,6 +101,7 @@ def detection_rules(cfg: Config) -> DetectionRules:
         dids=frozenset(d.dids),
         internal_max_digits=d.internal_max_digits,
         own_numbers=frozenset(d.own_numbers),
+        outbound_contexts=frozenset(d.outbound_contexts),
     )
 
 
@@ -80,6 +110,9 @@ class Daemon:
         self.cfg = cfg
         self.detector = Detector(detection_rules(cfg))
         self.rules = intake_rules(cfg)
+        self.guard = AbuseGuard(abuse_limits(cfg))
+        # Contacts refused by the number rules or the abuse limits, by reason.
+        self.refusals: Counter[str] = Counter()
         self.pool = OperatorPool(cfg.dialer.queues, int(cfg.dialer.wrapup.total_seconds()))
         self.intake: asyncio.Queue[Any] = asyncio.Queue()
         self.stop = asyncio.Event()
@@ -112,7 +145,12 @@ class Daemon:
             )
             stack.push_async_callback(self.ami.close)
             self.dialer = Dialer(
-                self.cfg.dialer, self.store, self.ami, self.pool, mask_numbers=self.cfg.log.mask_numbers
+                self.cfg.dialer,
+                self.store,
+                self.ami,
+                self.pool,
+                mask_numbers=self.cfg.log.mask_numbers,
+                guard=self.guard,
             )
             stack.push_async_callback(self.dialer.close)
             await self.ami.start(a.connect_timeout.total_seconds())
@@ -244,10 +282,13 @@ class Daemon:
                 at=item.at,
                 name=item.caller_name,
                 waited=item.waited,
+                caller_gave_up=item.caller_gave_up,
             )
             await self.submit(contact)
         elif isinstance(item, Answered):
             await self._self_recovery(item.caller_num, item.at, "client_called_in")
+        elif isinstance(item, OutboundAnswered):
+            await self._self_recovery(item.number, item.at, "operator_called")
         elif isinstance(item, CallEnded):
             try:
                 number = parse_caller_id(item.call.caller_num, self.rules.region)
@@ -256,9 +297,21 @@ class Daemon:
             await self.store.record_call(item.call, str(number) if number else None)
 
     async def submit(self, contact: Contact) -> ContactResult:
-        """Every source ends here: decide, store once, wake the dialer."""
+        """Every source ends here: decide, apply the abuse limits, store once, wake the dialer."""
+        now = utcnow()
         decision = decide(contact, self.rules)
+        if decision.schedules and contact.source is not Source.ADMIN:
+            number = str(decision.number)
+            refusal = self.guard.new_request_refusal(number, now)
+            # Only a new request counts: the store is asked only once a limit is reached.
+            if refusal is not None and not await self.store.has_open_request(number):
+                decision = limit(decision, refusal)
+        if decision.disposition is Disposition.RATE_LIMITED and contact.source in WEB_SOURCES:
+            self._refused(contact, decision)
+            return ContactResult(None, None, disposition=decision.disposition)
         result = await self.store.record_contact(contact, decision)
+        if result.created:
+            self.guard.new_request_opened(str(decision.number), now)
         if result.duplicate:
             log.info("contact.duplicate", source=contact.source.value, ref=contact.source_ref)
         elif decision.disposition is Disposition.SCHEDULE:
@@ -271,6 +324,8 @@ class Daemon:
                 reason=contact.reason,
             )
             self.dialer.wake.set()
+        elif decision.disposition in (Disposition.BLOCKED, Disposition.RATE_LIMITED):
+            self._refused(contact, decision)
         else:
             log.info(
                 "contact.not_scheduled",
@@ -279,6 +334,17 @@ class Daemon:
                 source=contact.source.value,
             )
         return result
+
+    def _refused(self, contact: Contact, decision: Decision) -> None:
+        self.refusals[decision.detail] += 1
+        log.info(
+            "contact.refused",
+            reason=decision.detail,
+            disposition=decision.disposition.value,
+            number=self._num(str(decision.number)),
+            source=contact.source.value,
+            count=self.refusals[decision.detail],
+        )
 
     async def _self_recovery(self, raw: str, at: datetime, how: str) -> None:
         try:

@@ -123,6 +123,8 @@ class DetectionConfig(_Section):
     queues: list[str] = []
     dids: list[str] = []
     own_numbers: list[str] = []
+    # Contexts operators dial out from; an answered call to a client closes its request.
+    outbound_contexts: list[str] = ["from-internal"]
     internal_max_digits: int = Field(5, ge=0, le=10)
     short_abandon: Duration = timedelta(seconds=5)
 
@@ -219,6 +221,27 @@ def build_schedule(s: ScheduleConfig):
     return Schedule(
         ladder=ladder, calendar=build_calendar(s), max_age=s.max_age, opening_spread=s.opening_spread
     )
+
+
+class LimitsConfig(_Section):
+    """Abuse limits on new requests and on dial attempts; 0 turns one off.
+
+    Counted in memory by each daemon, so they reset on restart and each node of a shared
+    database has its own.
+    """
+
+    new_requests_per_number: int = Field(3, ge=0)
+    per_number_window: Duration = timedelta(hours=1)
+    new_requests_global: int = Field(200, ge=0)
+    global_window: Duration = timedelta(hours=1)
+    attempts_per_hour: int = Field(120, ge=0)
+
+    @field_validator("per_number_window", "global_window")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return v
 
 
 class AgiConfig(_Section):
@@ -374,6 +397,7 @@ class Config(_Section):
     detection: DetectionConfig = DetectionConfig()
     dialer: DialerConfig = DialerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    limits: LimitsConfig = LimitsConfig()
     agi: AgiConfig = AgiConfig()
     http: HttpConfig = HttpConfig()
     mqtt: MqttConfig = MqttConfig()

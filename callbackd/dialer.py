@@ -16,13 +16,16 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from callbackd.adapters.ami import AmiClient, AmiError
 from callbackd.adapters.store import Finished, Store
 from callbackd.config import DialerConfig
+from callbackd.domain.detection import CALLBACK_CHANNEL_PREFIX
+from callbackd.domain.errors import InvalidNumber
+from callbackd.domain.limits import AbuseGuard
 from callbackd.domain.operators import OperatorPool
 from callbackd.domain.outcomes import (
     Outcome,
@@ -31,7 +34,7 @@ from callbackd.domain.outcomes import (
     originate_reason_text,
 )
 from callbackd.domain.phone import E164, mask, sanitize_caller_name
-from callbackd.domain.states import AttemptStatus
+from callbackd.domain.states import AttemptStatus, RequestEvent
 
 log = structlog.get_logger("callbackd.dialer")
 
@@ -39,6 +42,7 @@ log = structlog.get_logger("callbackd.dialer")
 ORIGINATE_SLACK = 15.0
 # After the operator's channel hangs up, how long to wait for the bridge context's result.
 RESULT_GRACE = 3.0
+CAPPED_LOG_EVERY = timedelta(hours=1)
 
 
 def utcnow() -> datetime:
@@ -79,6 +83,7 @@ class Dialer:
         mask_numbers: bool = False,
         clock: Callable[[], datetime] = utcnow,
         on_finished: Callable[[Run, Finished], None] | None = None,
+        guard: AbuseGuard | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -93,6 +98,8 @@ class Dialer:
         self.finished = asyncio.Event()  # set whenever an attempt ends
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reconciled = False
+        self.guard = guard
+        self._capped_logged: datetime | None = None
 
     def _num(self, number: str) -> str:
         return mask(number) if self.mask_numbers else number
@@ -119,6 +126,12 @@ class Dialer:
         capacity = min(self.cfg.max_concurrent - len(self.runs), len(free))
         if capacity <= 0:
             return
+        left = self.guard.attempts_left(now) if self.guard is not None else None
+        if left is not None:
+            if left <= 0:
+                self._log_capped(now)
+                return
+            capacity = min(capacity, left)
         busy_numbers = [r.number for r in self.runs.values()]
         for req in await self.store.claim_due(now, capacity, exclude_numbers=busy_numbers):
             free = self.pool.free(self.clock().timestamp())
@@ -128,45 +141,36 @@ class Dialer:
             await self._launch(req, free[0].interface)
             busy_numbers.append(req.number)
 
-    # -- one attempt -----------------------------------------------------------------
+    def _log_capped(self, now: datetime) -> None:
+        """Once an hour at most: the dialer checks every poll, the log must not."""
+        if self._capped_logged is not None and now - self._capped_logged < CAPPED_LOG_EVERY:
+            return
+        self._capped_logged = now
+        assert self.guard is not None
+        log.warning("dialer.capped", attempts_per_hour=self.guard.limits.attempts_per_hour)
 
-    def _whisper(self, reason: str) -> str:
-        prompts = list(self.cfg.whisper_custom) or [
-            *self.cfg.whisper_intro,
-            *self.cfg.whisper_reasons.get(reason, []),
-        ]
-        return "&".join(prompts) or "beep"
+    # -- one attempt -----------------------------------------------------------------
 
     async def _launch(self, req: Any, operator: str) -> None:
         now = self.clock()
+        try:
+            number = E164.trusted(req.number)  # digits and a leading '+', nothing else
+        except InvalidNumber:
+            # Only a row written behind our back can get here; never dial it, never claim it again.
+            log.error("request.bad_number", request_id=req.id)
+            await self.store.admin_event(req.id, RequestEvent.FAIL, now)
+            return
         self.pool.reserve(operator, now.timestamp())
         try:
             attempt = await self.store.start_attempt(req.id, operator, now)
         except Exception:
             self.pool.release(operator)
             raise
-        number = E164.trusted(req.number)  # digits and a leading '+', nothing else
+        if self.guard is not None:
+            self.guard.attempt_started(now)
         run = Run(attempt.id, attempt.channel_id, req.id, str(number), operator, attempt.try_no, req.reason)
         self.runs[run.channel_id] = run
-        name = sanitize_caller_name(req.name) or str(number)
-        fields = {
-            "Channel": operator,
-            "Context": self.cfg.context,
-            "Exten": "s",
-            "Priority": "1",
-            "Timeout": str(int(self.cfg.operator_ring.total_seconds() * 1000)),
-            "CallerID": f'"{name}" <{number}>',
-            "ChannelId": run.channel_id,
-            "OtherChannelId": f"{run.channel_id}-2",
-            "Variable": [
-                f"CBD_ATTEMPT={run.attempt_id}",
-                f"CBD_DIAL={self.cfg.dial_pattern.format(number=number)}",
-                f"CBD_DIAL_TIMEOUT={int(self.cfg.client_ring.total_seconds())}",
-                f"CBD_OUTCID={self.cfg.outbound_callerid}",
-                f"CBD_WHISPER={self._whisper(req.reason)}",
-                f"CBD_TRY={run.try_no}",
-            ],
-        }
+        fields = originate_fields(self.cfg, run, req.name, number, req.reason)
         log.info(
             "operator.ringing",
             request_id=req.id,
@@ -314,7 +318,7 @@ class Dialer:
             asyncio.get_running_loop().call_later(RESULT_GRACE, self._lost_result, run)
 
     def _by_attempt(self, attempt_id: str) -> Run | None:
-        return self.runs.get(f"cbd-{attempt_id}")
+        return self.runs.get(f"{CALLBACK_CHANNEL_PREFIX}{attempt_id}")
 
     def _lost_result(self, run: Run) -> None:
         """The operator's channel is gone and no CallbackdResult came: decide from what we saw."""
@@ -392,6 +396,51 @@ class Dialer:
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
+
+
+def whisper(cfg: DialerConfig, reason: str) -> str:
+    prompts = list(cfg.whisper_custom) or [*cfg.whisper_intro, *cfg.whisper_reasons.get(reason, [])]
+    return "&".join(prompts) or "beep"
+
+
+class AttemptRef(Protocol):
+    """What :func:`originate_fields` needs of a :class:`Run`."""
+
+    attempt_id: str
+    channel_id: str
+    operator: str
+    try_no: int
+
+
+def originate_fields(
+    cfg: DialerConfig, run: AttemptRef, name: str, number: E164, reason: str
+) -> dict[str, Any]:
+    """The Originate for one attempt.
+
+    ``number`` must already be an :class:`E164` (checked again here) and ``name`` is
+    sanitised here, so nothing a caller sent can add a channel, an argument or a
+    dialplan expression to what Asterisk runs.
+    """
+    number = E164.trusted(number)
+    shown = sanitize_caller_name(name) or str(number)
+    return {
+        "Channel": run.operator,
+        "Context": cfg.context,
+        "Exten": "s",
+        "Priority": "1",
+        "Timeout": str(int(cfg.operator_ring.total_seconds() * 1000)),
+        "CallerID": f'"{shown}" <{number}>',
+        "ChannelId": run.channel_id,
+        "OtherChannelId": f"{run.channel_id}-2",
+        "Variable": [
+            f"CBD_ATTEMPT={run.attempt_id}",
+            f"CBD_DIAL={cfg.dial_pattern.format(number=number)}",
+            f"CBD_DIAL_TIMEOUT={int(cfg.client_ring.total_seconds())}",
+            f"CBD_OUTCID={cfg.outbound_callerid}",
+            f"CBD_WHISPER={whisper(cfg, reason)}",
+            f"CBD_TRY={run.try_no}",
+        ],
+    }
 
 
 def _int(value: object) -> int | None:

@@ -115,16 +115,18 @@ class CallbackAgi:
             name=name,
         )
         decision = decide(contact, self.rules)
-        if decision.disposition is Disposition.SCHEDULE:
-            await self.submit(contact)
+        # Stored either way (a refused one as a contact, for the record); the abuse limits
+        # are applied in submit, so its answer is what the caller is told.
+        stored = await self.submit(contact)
+        disposition = getattr(stored, "disposition", None) or decision.disposition
+        if disposition is Disposition.SCHEDULE:
             await self._set_result(request, "stored")
             await self._play(request, self.prompts.stored)
         else:
-            await self.submit(contact)  # stored as a contact, for the record
-            result = "blocked" if decision.disposition is Disposition.BLOCKED else "invalid"
-            await self._set_result(request, result)
+            refused = disposition in (Disposition.BLOCKED, Disposition.RATE_LIMITED)
+            await self._set_result(request, "blocked" if refused else "invalid")
             await self._play(request, self.prompts.goodbye)
-        log.info("agi.callback_request", result=decision.disposition.value, reason=reason)
+        log.info("agi.callback_request", result=disposition.value, reason=reason)
 
     async def _confirm_or_ask(self, request: Request, offered: str) -> str | None:
         try:

@@ -36,7 +36,13 @@ log = structlog.get_logger("callbackd.http")
 
 # Module level: annotations are strings here, and FastAPI resolves them in module globals.
 _bearer = HTTPBearer(auto_error=False, description="The token from http.token")
-_STATUS: dict[RefusalKind, int] = {"too_large": 413, "malformed": 422, "invalid": 422, "blocked": 403}
+_STATUS: dict[RefusalKind, int] = {
+    "too_large": 413,
+    "malformed": 422,
+    "invalid": 422,
+    "blocked": 403,
+    "rate_limited": 429,
+}
 
 
 class Accepted(BaseModel):
@@ -61,6 +67,7 @@ def _responses() -> dict[int | str, dict[str, Any]]:
         403: problem("The number may not be called back (blacklist or prefix rules)"),
         413: problem(f"Body over {MAX_PAYLOAD} bytes"),
         422: problem("Malformed body, or a phone number that is not valid"),
+        429: problem("Too many new requests for this number or overall; send it again later"),
         503: problem("Could not be stored now; send it again later"),
     }
 

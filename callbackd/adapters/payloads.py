@@ -31,7 +31,7 @@ _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 Submit = Callable[[Contact], Awaitable[ContactResult]]
-RefusalKind = Literal["too_large", "malformed", "invalid", "blocked"]
+RefusalKind = Literal["too_large", "malformed", "invalid", "blocked", "rate_limited"]
 Status = Literal["created", "merged", "duplicate"]
 
 
@@ -155,6 +155,8 @@ async def submit_lead(
         case _:
             raise LeadRefused("invalid", f"phone: not a valid phone number ({decision.detail})")
     result = await submit(contact)
+    if result.disposition is Disposition.RATE_LIMITED:
+        raise LeadRefused("rate_limited", "too many callback requests; try again later")
     if result.request_id is None:
         raise RuntimeError(f"contact {result.contact_id} stored without a request")
     status: Status = "duplicate" if result.duplicate else "merged" if result.merged else "created"

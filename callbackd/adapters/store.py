@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from callbackd.adapters import models as m
 from callbackd.adapters.db import sessionmaker
-from callbackd.domain.detection import CallTrack
-from callbackd.domain.intake import Contact, Decision
+from callbackd.domain.detection import CALLBACK_CHANNEL_PREFIX, CallTrack
+from callbackd.domain.errors import IllegalTransition
+from callbackd.domain.intake import Contact, Decision, Disposition
 from callbackd.domain.ladder import Schedule
 from callbackd.domain.outcomes import Outcome, verdict
 from callbackd.domain.states import (
@@ -38,6 +39,8 @@ class ContactResult:
     duplicate: bool = False
     created: bool = False
     merged: bool = False
+    # What was decided for this contact; None for a duplicate (decided when first seen).
+    disposition: Disposition | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,16 @@ class Finished:
 
 class NotFound(LookupError):
     pass
+
+
+class NumberHasOpenRequest(IllegalTransition):
+    """Reopening would give the number a second open request; there is one per number."""
+
+    def __init__(self, request_id: int, status: str, other_id: int) -> None:
+        super().__init__("request", status, RequestEvent.RETRY_NOW.value)
+        self.other_id = other_id
+        self.request_id = request_id
+        self.args = (f"its number already has open request {other_id}; use that one",)
 
 
 def _apply(req: m.Request, event: RequestEvent, now: datetime) -> None:
@@ -155,7 +168,19 @@ class Store:
                 await s.flush()
                 row.request_id = req.id
             await s.flush()
-            return ContactResult(row.id, row.request_id, created=created, merged=merged)
+            return ContactResult(
+                row.id, row.request_id, created=created, merged=merged, disposition=decision.disposition
+            )
+
+    async def has_open_request(self, number: str) -> bool:
+        """Whether a contact for ``number`` would merge rather than open a new request."""
+        async with self.session() as s:
+            found = await s.execute(
+                select(m.Request.id)
+                .where(m.Request.number == number, m.Request.status.in_(OPEN_STATUSES))
+                .limit(1)
+            )
+            return found.first() is not None
 
     def _new_request(self, contact: Contact, decision: Decision) -> m.Request:
         assert decision.number is not None
@@ -282,7 +307,7 @@ class Store:
                 request_id=request_id,
                 try_no=req.attempts_made + 1,
                 operator=operator,
-                channel_id=f"cbd-{attempt_id}",
+                channel_id=f"{CALLBACK_CHANNEL_PREFIX}{attempt_id}",
                 number=req.number,
                 status=AttemptStatus.DIALLING.value,
                 counted=False,
@@ -464,6 +489,18 @@ class Store:
             req = await s.get(m.Request, request_id, with_for_update=True)
             if req is None:
                 raise NotFound(f"no request {request_id}")
+            if event is RequestEvent.RETRY_NOW and req.status not in OPEN_STATUSES:
+                other = (
+                    await s.execute(
+                        select(m.Request.id).where(
+                            m.Request.number == req.number,
+                            m.Request.status.in_(OPEN_STATUSES),
+                            m.Request.id != req.id,
+                        )
+                    )
+                ).scalar()
+                if other is not None:
+                    raise NumberHasOpenRequest(req.id, req.status, other)
             _apply(req, event, now)
             if event is RequestEvent.CANCEL:
                 req.close_reason = "cancelled"

@@ -21,6 +21,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 
+# Every channel callbackd originates has a Uniqueid (and so a Linkedid) starting with this.
+CALLBACK_CHANNEL_PREFIX = "cbd-"
+
+
 class MissReason(StrEnum):
     QUEUE_ABANDON = "queue_abandon"
     QUEUE_TIMEOUT = "queue_timeout"  # left the queue with no agent (timeout, leave/join-empty)
@@ -39,6 +43,9 @@ class DetectionRules:
     # Caller IDs this short are internal extensions, never clients.
     internal_max_digits: int = 5
     own_numbers: frozenset[str] = frozenset()
+    # Contexts operators dial out from: an answered call from there to a client recovers
+    # the client's open request. Empty: manual calls are not watched.
+    outbound_contexts: frozenset[str] = frozenset()
     # A call with no news for this long is dropped from memory (lost hang-up).
     stale_after: timedelta = timedelta(hours=6)
 
@@ -60,6 +67,9 @@ class CallTrack:
     ended_at: datetime | None = None
     dialled: bool = False
     after_hours: bool = False
+    # The caller's side hung up (HangupRequest: a BYE from the caller's phone or trunk),
+    # as opposed to the PBX ending the call (busy, time-out, dialplan Hangup()).
+    hangup_requested: bool = False
     missed: MissReason | None = None
     last_seen: datetime = field(default=None)  # type: ignore[assignment]
 
@@ -83,6 +93,8 @@ class Missed:
     # Seconds the caller waited before giving up (queue hold time, or the call's length).
     waited: int
     at: datetime
+    # True when the caller hung up; only such calls can be short abandons.
+    caller_gave_up: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,11 +106,30 @@ class Answered:
 
 
 @dataclass(frozen=True)
+class OutboundAnswered:
+    """An operator dialled a number by hand and it answered."""
+
+    number: str
+    linkedid: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class CallEnded:
     call: CallTrack
 
 
-DetectorEvent = Missed | Answered | CallEnded
+DetectorEvent = Missed | Answered | OutboundAnswered | CallEnded
+
+
+_MAX_OUTBOUND = 10_000
+
+
+def _dialled_number(dial_string: str) -> str:
+    """The number in a Dial() argument: '+12025550143@trunk', 'trunk/0049301234567'."""
+    target = dial_string.split("&", 1)[0].split("@", 1)[0].rsplit("/", 1)[-1].strip()
+    digits = target.lstrip("+")
+    return target if digits.isdigit() and len(digits) >= 6 else ""
 
 
 def _seconds(a: datetime | None, b: datetime | None) -> int:
@@ -120,6 +151,8 @@ class Detector:
     def __init__(self, rules: DetectionRules | None = None) -> None:
         self.rules = rules or DetectionRules()
         self.calls: dict[str, CallTrack] = {}
+        # Manual outbound dials in progress: dest Uniqueid -> dialled number.
+        self.outbound: dict[str, str] = {}
 
     def feed(self, event: Mapping[str, str], now: datetime) -> list[DetectorEvent]:
         name = event.get("Event", "")
@@ -191,13 +224,28 @@ class Detector:
     def _on_QueueCallerAbandon(
         self, ev: Mapping[str, str], linkedid: str, now: datetime
     ) -> list[DetectorEvent]:
+        """Asterisk 22 raises this for a queue time-out too; only a caller's hang-up is an abandon.
+
+        A hang-up from the caller's side shows first as HangupRequest on the root channel.
+        Without it the caller is still on the line and goes on in the dialplan, so the call
+        is judged at its hang-up (QUEUE_TIMEOUT unless someone answers it later).
+        """
         call = self._track(linkedid, now)
         if call is None or call.answered or call.queue is None:
             return []
-        call.abandoned_at = now
         call.hold_time = _int(ev.get("HoldTime"))
+        if not call.hangup_requested:
+            return []
+        call.abandoned_at = now
         waited = call.hold_time if call.hold_time is not None else _seconds(call.joined_at, now)
         return self._miss(call, MissReason.QUEUE_ABANDON, waited, now)
+
+    def _on_HangupRequest(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        call = self._track(linkedid, now)
+        if call is not None and ev.get("Uniqueid") == linkedid:
+            call.hangup_requested = True
+        return []
+
 
     # -- ring groups, extensions, after hours -------------------------------------------
 
@@ -205,9 +253,23 @@ class Detector:
         call = self._track(linkedid, now)
         if call is not None:
             call.dialled = True
+        elif (
+            self.rules.outbound_contexts
+            and ev.get("Context") in self.rules.outbound_contexts
+            and not linkedid.startswith(CALLBACK_CHANNEL_PREFIX)
+            and len(self.outbound) < _MAX_OUTBOUND
+        ):
+            number = _dialled_number(ev.get("DialString", ""))
+            if number:
+                self.outbound[ev.get("DestUniqueid", "")] = number
         return []
 
     def _on_DialEnd(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        number = self.outbound.pop(ev.get("DestUniqueid", ""), None)
+        if number is not None:
+            if ev.get("DialStatus") == "ANSWER":
+                return [OutboundAnswered(number, linkedid, now)]
+            return []
         call = self._track(linkedid, now)
         if call is None or call.answered or ev.get("DialStatus") != "ANSWER":
             return []
@@ -249,7 +311,15 @@ class Detector:
         call.missed = reason
         return [
             Missed(
-                call.linkedid, call.caller_num, call.caller_name, reason, call.queue, call.did, waited, now
+                call.linkedid,
+                call.caller_num,
+                call.caller_name,
+                reason,
+                call.queue,
+                call.did,
+                waited,
+                now,
+                caller_gave_up=call.hangup_requested,
             )
         ]
 

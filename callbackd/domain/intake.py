@@ -8,7 +8,7 @@ contacts merge into it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -24,12 +24,18 @@ class Source(StrEnum):
     ADMIN = "admin"
 
 
+# Anyone can send these, so a lead refused here is not stored (a flood of them would fill
+# the database); a call is kept whatever the decision, for the reports.
+WEB_SOURCES = frozenset({Source.HTTP, Source.MQTT})
+
+
 class Disposition(StrEnum):
     SCHEDULE = "schedule"  # create or merge into the open request and call back
     ANONYMOUS = "anonymous"  # stored as a contact, nobody to call
     SHORT = "short"  # hung up before the short-abandon threshold
     BLOCKED = "blocked"  # blacklist or destination rules
     INVALID = "invalid"  # not a valid phone number
+    RATE_LIMITED = "rate_limited"  # would open a request over the abuse limits
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class Contact:
     waited: int | None = None  # seconds, for calls
     comment: str = ""
     preferred_at: datetime | None = None
+    # Only a caller who hung up can be a short abandon; a PBX that turned the caller
+    # away (busy, time-out) is a miss however quick it was.
+    caller_gave_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,9 +87,20 @@ def decide(contact: Contact, rules: IntakeRules) -> Decision:
     if blocked:
         return Decision(Disposition.BLOCKED, number, name, blocked)
     if (
-        contact.source is Source.AMI
+        contact.caller_gave_up
         and contact.waited is not None
         and contact.waited < rules.short_abandon.total_seconds()
     ):
         return Decision(Disposition.SHORT, number, name, f"waited {contact.waited}s")
     return Decision(Disposition.SCHEDULE, number, name)
+
+
+def limit(decision: Decision, refusal: str | None) -> Decision:
+    """The decision once the abuse limits have had their say (``refusal`` from the AbuseGuard).
+
+    Applied after :func:`decide` because whether a contact opens a new request, the only
+    thing the limits count, is known from the store, not from the contact.
+    """
+    if refusal is None or not decision.schedules:
+        return decision
+    return replace(decision, disposition=Disposition.RATE_LIMITED, detail=refusal)

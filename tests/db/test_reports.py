@@ -25,6 +25,7 @@ import json
 import os
 import stat
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -191,6 +192,7 @@ async def engine(db_url):
 
 def reference(by, thresholds=None):
     """The pure computation over the same rows, in memory."""
+    status = {ct.source_ref: r.status for ct in CONTACTS for r in REQUESTS if ct.request_id == r.id}
     calls = [
         CallRow(
             c.started_at,
@@ -202,6 +204,8 @@ def reference(by, thresholds=None):
             c.miss_reason,
             c.agent,
             c.number,
+            False,
+            status.get(c.linkedid) if c.outcome == "missed" else None,
         )
         for c in CALLS
     ]
@@ -230,6 +234,15 @@ async def test_totals(engine):
     assert (fig.reach_median, fig.reach_p90, fig.attempts_per_reached) == (7169, 7169, 2.0)  # a2: 7200 - 31
 
 
+async def test_a_request_recovered_by_an_operators_call_is_not_lost(engine):
+    # L8's request closes as recovered (an operator rang N7 by hand: nothing else is stored).
+    async with db.sessionmaker(engine)() as session, session.begin():
+        req = await session.get(m.Request, R3.id)
+        req.status, req.close_reason, req.closed_at = "recovered", "operator_called", T + s(6 * 3600)
+    fig = (await build_report(engine, START, END, by=None, tz=MSK, thresholds=Thresholds())).total
+    assert (fig.abandoned, fig.net_lost, fig.recovered, fig.open) == (4, 1, 2, 0)  # only L5 is lost now
+
+
 @pytest.mark.parametrize("by", [None, *Grouping])
 async def test_every_grouping_matches_the_pure_computation(engine, by):
     got = await build_report(engine, START, END, by=by, tz=MSK, thresholds=Thresholds())
@@ -251,23 +264,39 @@ async def test_thresholds_reach_the_queries(engine):
     assert (got.total.short_abandoned, got.total.service_level) == (0, pytest.approx(2 / 7))
 
 
-async def test_reached_later_in_sql_matches_the_definition(engine):
+@pytest.mark.parametrize(
+    "closed", [{}, {11: "failed", 12: "expired"}], ids=["as-stored", "requests-unreached"]
+)
+async def test_reached_later_in_sql_matches_the_definition(engine, closed):
+    """As stored, L2 and L3 are settled by their requests; with those requests closed unreached,
+    the answered callback a2 (L2) and the later answered call L6 (L3) must be found instead."""
+    if closed:
+        async with db.sessionmaker(engine)() as session, session.begin():
+            for rid, status in closed.items():
+                (await session.get(m.Request, rid)).status = status
     async with engine.connect() as conn:
-        got = {c.started_at: c.reached_later async for b in reports.call_batches(conn, START, END) for c in b}
+        got = {c.started_at: c async for b in reports.call_batches(conn, START, END) for c in b}
+    status = {
+        ct.source_ref: closed.get(r.id, r.status)
+        for ct in CONTACTS
+        for r in REQUESTS
+        if ct.request_id == r.id
+    }
     rows = [
-        CallRow(c.started_at, None, c.answered_at, None, None, c.outcome, None, None, c.number) for c in CALLS
+        CallRow(c.started_at, None, c.answered_at, None, None, c.outcome, None, None, c.number)._replace(
+            request_status=status.get(c.linkedid) if c.outcome == "missed" else None
+        )
+        for c in CALLS
     ]
     atts = [AttemptRow(a.request_id, a.number, a.started_at, a.operator, a.outcome) for a in ATTEMPTS]
-    want = {
-        c.started_at: c.reached_later for c in mark_reached_later(rows, atts) if START <= c.started_at < END
+    want = {c.started_at: c for c in mark_reached_later(rows, atts) if START <= c.started_at < END}
+    assert {k: (c.reached_later, c.request_status) for k, c in got.items()} == {
+        k: (c.reached_later, c.request_status) for k, c in want.items()
     }
-    assert got == want
-    assert [got[T], got[T + s(3600)], got[T + s(3 * 3600)], got[T + s(5 * 3600)]] == [
-        True,
-        True,
-        False,
-        False,
-    ]
+    lost_calls = [T, T + s(3600), T + s(3 * 3600), T + s(5 * 3600)]  # L2 L3 L5 L8
+    reached = [got[t].reached_later or got[t].request_status in ("reached", "recovered") for t in lost_calls]
+    assert reached == [True, True, False, False]
+    assert [got[t].reached_later for t in lost_calls[:2]] == ([True, True] if closed else [False, False])
 
 
 def parse(text: str, delimiter: str = ",") -> list[list[str]]:
@@ -508,3 +537,37 @@ def test_cached_local_times_match_astimezone_across_dst(zone):
         assert fmt(text) == at.astimezone(tz).isoformat(timespec="seconds"), text
         at += timedelta(seconds=433.25)
     assert fmt(None) == ""
+
+
+def test_documented_report_settings_are_valid():
+    """The README's [reports] example and the commented one in config/callbackd.toml."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Reports") :]
+    snippet = section[section.index("```toml") + 7 : section.index("```", section.index("```toml") + 7)]
+    cfg = Config.model_validate(tomllib.loads(snippet))
+    assert cfg.reports.csv_delimiter == ";" and cfg.reports.schedule[0].cron == "5 0 * * *"
+    example = (root / "config" / "callbackd.toml").read_text()
+    block = example[example.index("# [reports]") :]
+    cfg = Config.model_validate(
+        tomllib.loads("\n".join(re.sub(r"^# ?", "", ln) for ln in block.splitlines()))
+    )
+    assert cfg.reports.schedule[0].directory == Path("/var/lib/callbackd/reports")
+
+
+def test_column_check_neutralises_exactly_the_cells_a_spreadsheet_would_run():
+    clean = ("ok", None, "", "a=b")
+    assert reports._neutralise_column(clean) is clean  # nothing to do: the batch is passed through
+    mixed = ("ok", "=1+1", None, "note\n=line two", "+12025550100", "-", "plain")
+    assert list(reports._neutralise_column(mixed)) == [
+        "ok",
+        "'=1+1",
+        None,
+        "note\n=line two",  # a later line starting with = is not a formula: only the cell's start counts
+        "'+12025550100",
+        "'-",
+        "plain",
+    ]

@@ -17,6 +17,7 @@ NUMBER = "+12025550123"
 def contact(ref, number="2025550123", at=None, source=Source.AMI, waited=30, reason="queue_abandon", **kw):
     from datetime import UTC, datetime
 
+    kw.setdefault("caller_gave_up", True)
     return Contact(
         source=source,
         source_ref=ref,

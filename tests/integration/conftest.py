@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from labdaemon import DaemonProcess, lab_config
+
+from callbackd.adapters.ami import AmiClient
 
 LAB_TOOL = Path(__file__).resolve().parents[2] / "asterisk" / "lab"
 
@@ -58,3 +61,43 @@ def lab():
     yield helper
     if not was_up:
         helper.run("down")
+
+
+class Watch:
+    """An independent AMI connection (the lab's admin user) recording every event."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, str]] = []
+
+    def __call__(self, ev: dict[str, str]) -> None:
+        self.events.append(ev)
+
+    def of(self, name: str, **match: str) -> list[dict[str, str]]:
+        return [
+            e for e in self.events if e.get("Event") == name and all(e.get(k) == v for k, v in match.items())
+        ]
+
+
+@pytest.fixture
+async def watch(lab):
+    w = Watch()
+    client = AmiClient(host="127.0.0.1", port=5038, username="lab", secret="lab-admin-secret", on_event=w)
+    await client.start()
+    yield w
+    await client.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    started: list[DaemonProcess] = []
+
+    def start(config=None) -> DaemonProcess:
+        d = DaemonProcess(config or lab_config(tmp_path))
+        started.append(d)
+        d.wait_for("daemon.ready", timeout=30)
+        d.wait_for("ami.resynced", timeout=30)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()

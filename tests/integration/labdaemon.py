@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LAB_CONFIG = ROOT / "asterisk" / "callbackd-lab.toml"
 
 
-def lab_config(tmp_path: Path, db_url: str | None = None, extra: str = "", **replace: str) -> Path:
+def lab_config(
+    tmp_path: Path, db_url: str | None = None, extra: str = "", replace: dict[str, str] | None = None
+) -> Path:
     """The lab's daemon config with its own database and JSON logs."""
     text = LAB_CONFIG.read_text()
     text = text.replace(
@@ -28,7 +30,7 @@ def lab_config(tmp_path: Path, db_url: str | None = None, extra: str = "", **rep
         f'url = "{db_url or f"sqlite+aiosqlite:///{tmp_path}/callbackd.db"}"',
     )
     text = text.replace('format = "console"', 'format = "json"')
-    for old, new in replace.items():
+    for old, new in (replace or {}).items():
         assert old in text, old
         text = text.replace(old, new)
     path = tmp_path / "callbackd.toml"
@@ -105,3 +107,19 @@ class DaemonProcess:
         self.proc.kill()
         self.proc.wait()
         self._reader.join(5)
+
+
+def cli(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``callbackd --config CONFIG ARGS...`` as an admin would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", "callbackd", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=check,
+    )
+
+
+def requests_json(config: Path, *args: str) -> object:
+    return json.loads(cli(config, "requests", *args).stdout)

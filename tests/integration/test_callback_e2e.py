@@ -4,68 +4,11 @@ request, rings a free operator, dials the client and bridges them, and stores th
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 
 import pytest
-from labdaemon import ROOT, DaemonProcess, lab_config
-
-from callbackd.adapters.ami import AmiClient
+from labdaemon import requests_json
 
 pytestmark = pytest.mark.lab
-
-
-class Watch:
-    """An independent AMI connection (the lab's admin user) recording every event."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, str]] = []
-
-    def __call__(self, ev: dict[str, str]) -> None:
-        self.events.append(ev)
-
-    def of(self, name: str, **match: str) -> list[dict[str, str]]:
-        return [
-            e for e in self.events if e.get("Event") == name and all(e.get(k) == v for k, v in match.items())
-        ]
-
-
-@pytest.fixture
-async def watch(lab):
-    w = Watch()
-    client = AmiClient(host="127.0.0.1", port=5038, username="lab", secret="lab-admin-secret", on_event=w)
-    await client.start()
-    yield w
-    await client.close()
-
-
-def requests_json(config, *args: str) -> object:
-    out = subprocess.run(
-        [sys.executable, "-m", "callbackd", "--config", str(config), "requests", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=True,
-    )
-    return json.loads(out.stdout)
-
-
-@pytest.fixture
-def daemon_factory(tmp_path):
-    started: list[DaemonProcess] = []
-
-    def start(config=None) -> DaemonProcess:
-        d = DaemonProcess(config or lab_config(tmp_path))
-        started.append(d)
-        d.wait_for("daemon.ready", timeout=30)
-        d.wait_for("ami.resynced", timeout=30)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
 
 
 async def test_abandoned_call_is_called_back_operator_first(lab, watch, daemon_factory, tmp_path):

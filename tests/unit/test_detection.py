@@ -44,6 +44,7 @@ def test_queue_abandon_reports_at_once_and_once():
             ev("Newchannel", Uniqueid="1795400063.6", Context="from-operators", CallerIDNum="<unknown>"),
             ev("AgentCalled", Queue="support"),
             ev("DialBegin", DestChannel="PJSIP/op1-00000006"),
+            ev("HangupRequest"),  # the caller's BYE, before the queue lets go
             ev("DialEnd", DialStatus="CANCEL"),
         ],
     )
@@ -53,6 +54,7 @@ def test_queue_abandon_reports_at_once_and_once():
     )
     assert len(out) == 1 and isinstance(out[0], Missed)
     miss = out[0]
+    assert miss.caller_gave_up
     assert (miss.reason, miss.waited, miss.queue, miss.caller_num) == (
         MissReason.QUEUE_ABANDON,
         6,
@@ -64,6 +66,40 @@ def test_queue_abandon_reports_at_once_and_once():
     call = out[0].call
     assert call.missed is MissReason.QUEUE_ABANDON and not call.answered and call.hold_time == 6
     assert det.calls == {}
+
+
+def test_queue_timeout_raising_an_abandon_event_is_judged_at_the_hangup():
+    """Asterisk 22 sends QueueCallerAbandon on a queue time-out; no HangupRequest precedes it."""
+    det = Detector()
+    out = run(
+        det,
+        [
+            newchannel(),
+            ev("QueueCallerJoin", Queue="support"),
+            ev("QueueCallerAbandon", Queue="support", HoldTime="8"),
+            ev("QueueCallerLeave", Queue="support"),
+            ev("Newexten", Application="Playback"),
+        ],
+    )
+    assert out == []
+    out = run(det, [ev("SoftHangupRequest"), ev("Hangup")])  # the dialplan hangs up, not the caller
+    assert out[0].reason is MissReason.QUEUE_TIMEOUT and out[1].call.hold_time == 8
+    assert out[0].caller_gave_up is False
+
+
+def test_queue_timeout_answered_later_in_the_dialplan_is_not_missed():
+    det = Detector()
+    out = run(
+        det,
+        [
+            newchannel(),
+            ev("QueueCallerJoin", Queue="support"),
+            ev("QueueCallerAbandon", Queue="support", HoldTime="8"),
+            ev("DialEnd", DialStatus="ANSWER", DestCallerIDNum="301"),
+            ev("Hangup"),
+        ],
+    )
+    assert [type(o) for o in out] == [Answered, CallEnded]
 
 
 def test_queue_timeout_without_abandon_event_is_missed_at_hangup():
@@ -156,3 +192,30 @@ def test_stale_calls_are_forgotten():
     assert det.expire(T0 + timedelta(minutes=30)) == []
     assert [c.linkedid for c in det.expire(T0 + timedelta(hours=2))] == [LID]
     assert det.calls == {}
+
+
+def test_manual_outbound_call_answered_is_reported_with_the_dialled_number():
+    det = Detector(DetectionRules(outbound_contexts=frozenset({"from-internal"})))
+    lid = "1795400200.1"
+    begin = {
+        "Event": "DialBegin",
+        "Linkedid": lid,
+        "Uniqueid": lid,
+        "Context": "from-internal",
+        "DestUniqueid": "1795400200.2",
+        "DialString": "+12025550171@trunk",
+    }
+    assert det.feed(begin, T0) == []
+    [out] = det.feed(
+        {"Event": "DialEnd", "Linkedid": lid, "DestUniqueid": "1795400200.2", "DialStatus": "ANSWER"}, T0
+    )
+    assert out.number == "+12025550171" and out.linkedid == lid
+    # Not answered, not from an outbound context, or one of our own callbacks: nothing.
+    assert det.feed(begin, T0) == []
+    assert det.feed({**begin, "Event": "DialEnd", "DialStatus": "BUSY"}, T0) == []
+    assert det.feed({**begin, "Context": "from-pstn"}, T0) == []
+    own = {**begin, "Linkedid": "cbd-abc", "DestUniqueid": "x"}
+    assert det.feed(own, T0) == [] and det.outbound == {}
+    # Extensions are not outside numbers.
+    assert det.feed({**begin, "DialString": "PJSIP/op1", "DestUniqueid": "y"}, T0) == []
+    assert det.outbound == {}

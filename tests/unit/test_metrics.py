@@ -8,9 +8,9 @@ four callback requests and six attempts. Short abandon 5 s, service level 20 s, 
     c1    03-01  support  A       answered                      10   120  op1
     c2    03-01  support  B       answered                      30   300  op2
     c3    03-01  support  C       queue_abandon (short)          3
-    c4    03-01  support  D       queue_abandon                 40               reached by callback a2
-    c5    03-01  support  E       queue_timeout (no hold_time)  60               called in again: c9
-    c6    03-01  -        F       no_answer (no hold_time)      25               never reached: lost
+    c4    03-01  support  D       queue_abandon                 40               r1, reached by callback a2
+    c5    03-01  support  E       queue_timeout (no hold_time)  60               r2, called in again: c9
+    c6    03-01  -        F       no_answer (no hold_time)      25               r3 expired, not reached: lost
     c7    03-02  sales    G       answered                       5    60  op1
     c8    03-02  -        H       answered (ring group)         15    90  op3
     c9    03-02  support  E       answered                      20   180  op2
@@ -60,10 +60,10 @@ def answered(start, queue, number, hold, ring, talk, agent):
     return CallRow(start, queue, ans, hold, ans + timedelta(seconds=talk), "answered", None, agent, number)
 
 
-def missed(start, queue, number, reason, hold, length):
-    return CallRow(
-        start, queue, None, hold, start + timedelta(seconds=length), "missed", reason, None, number
-    )
+def missed(start, queue, number, reason, hold, length, request_status=None):
+    """request_status: the status of the callback request the call's contact created or joined."""
+    end = start + timedelta(seconds=length)
+    return CallRow(start, queue, None, hold, end, "missed", reason, None, number, False, request_status)
 
 
 CALLS = [
@@ -71,9 +71,9 @@ CALLS = [
     answered(at(1, 9), "support", A, 10, 12, 120, "op1"),  # c1
     answered(at(1, 9, 10), "support", B, 30, 32, 300, "op2"),  # c2
     missed(at(1, 9, 20), "support", C, "queue_abandon", 3, 5),  # c3
-    missed(at(1, 10), "support", D, "queue_abandon", 40, 42),  # c4
-    missed(at(1, 11), "support", E, "queue_timeout", None, 60),  # c5
-    missed(at(1, 12), None, F, "no_answer", None, 25),  # c6
+    missed(at(1, 10), "support", D, "queue_abandon", 40, 42, "reached"),  # c4 -> r1
+    missed(at(1, 11), "support", E, "queue_timeout", None, 60, "recovered"),  # c5 -> r2
+    missed(at(1, 12), None, F, "no_answer", None, 25, "expired"),  # c6 -> r3
     answered(at(2, 9), "sales", G, 5, 5, 60, "op1"),  # c7
     answered(at(2, 9, 30), None, H, None, 15, 90, "op3"),  # c8
     answered(at(2, 10), "support", E, 20, 22, 180, "op2"),  # c9
@@ -370,12 +370,32 @@ def test_thresholds_are_configurable():
 
 
 def test_reached_later_needs_a_reach_after_the_lost_call():
-    marked = {(c.started_at, c.number): c.reached_later for c in mark_reached_later(CALLS, ATTEMPTS)}
+    # Without the requests' statuses the number's own history decides.
+    bare = [c._replace(request_status=None) for c in CALLS]
+    marked = {(c.started_at, c.number): c.reached_later for c in mark_reached_later(bare, ATTEMPTS)}
     assert marked[(at(1, 10), D)] is True  # a2 answered after it
     assert marked[(at(1, 11), E)] is True  # c9 answered the next day
     assert marked[(at(1, 12), F)] is False  # c0 was answered the day before: does not count
     assert marked[(at(2, 11), None)] is False
-    assert not any(c.reached_later for c in mark_reached_later(CALLS, []) if c.number == D)
+    assert not any(c.reached_later for c in mark_reached_later(bare, []) if c.number == D)
+    # A request that ended reached or recovered settles it: nothing more is looked up.
+    marked = {(c.started_at, c.number): c.reached_later for c in mark_reached_later(CALLS, ATTEMPTS)}
+    assert marked[(at(1, 10), D)] is False and marked[(at(1, 11), E)] is False
+    bare_report = compute(bare, REQUESTS, ATTEMPTS, start=START, end=END)
+    assert bare_report.total.net_lost == report().total.net_lost == 2  # same verdict either way
+
+
+def test_a_request_recovered_without_a_stored_reach_still_counts():
+    # An operator rang the client by hand: the request closed as recovered, and no answered call
+    # or callback from the number is stored. The lost call is not lost; an expired one would be.
+    calls = [
+        missed(at(1, 10), "support", D, "queue_abandon", 40, 42, "recovered"),
+        missed(at(1, 11), "support", E, "queue_abandon", 40, 42, "expired"),
+        missed(at(1, 12), "support", F, "queue_abandon", 40, 42, "open"),
+    ]
+    fig = compute(calls, [], [], start=START, end=END).total
+    assert (fig.abandoned, fig.net_lost) == (3, 2)
+    assert fig.net_lost_rate == pytest.approx(2 / 3)
 
 
 def test_callbacks_count_the_request_period_not_the_attempts():

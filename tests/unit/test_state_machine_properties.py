@@ -1,0 +1,124 @@
+"""Property: random event sequences through the request table never reach a forbidden state.
+
+The machine plays the dialer (claim, then an attempt outcome through the ladder's
+verdict, the way the store applies it) and the outside world (recovery, expiry, admin
+cancel and retry) in any order, and tries illegal events on the way.
+"""
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from callbackd.domain.errors import IllegalTransition
+from callbackd.domain.outcomes import COUNTED, Outcome, verdict
+from callbackd.domain.states import (
+    CLOSED_STATUSES,
+    REQUEST_TRANSITIONS,
+    RequestEvent,
+    RequestStatus,
+    request_transition,
+)
+
+R = RequestStatus
+E = RequestEvent
+ABSORBING = frozenset({R.REACHED, R.RECOVERED})
+
+
+class RequestLifecycle(RuleBasedStateMachine):
+    @initialize(max_attempts=st.integers(1, 6))
+    def open_request(self, max_attempts: int) -> None:
+        self.max_attempts = max_attempts
+        self.status = R.OPEN
+        self.attempts = 0
+        self.in_flight = False  # an attempt rings; it may outlive its request's DIALLING
+        self.admin_retries = 0
+        self.steps: list[tuple[R, E, R]] = []
+        self.seen_absorbing: R | None = None
+
+    def _send(self, event: E) -> bool:
+        """Apply ``event`` if the table allows it; an illegal one must raise and change nothing."""
+        before = self.status
+        if (before, event) not in REQUEST_TRANSITIONS:
+            with pytest.raises(IllegalTransition):
+                request_transition(before, event)
+            return False
+        self.status = request_transition(before.value, event.value)  # strings work the same
+        self.steps.append((before, event, self.status))
+        return True
+
+    # -- the dialer ----------------------------------------------------------------
+
+    # Like the real dialer, never a second attempt while one rings for the number.
+    @precondition(lambda self: not self.in_flight)
+    @rule()
+    def claim(self) -> None:
+        if self._send(E.CLAIM):
+            self.in_flight = True
+
+    @precondition(lambda self: self.in_flight)
+    @rule(outcome=st.sampled_from(Outcome), calendar_exhausted=st.booleans())
+    def attempt_ends(self, outcome: Outcome, calendar_exhausted: bool) -> None:
+        """What Store.finish_attempt does with the outcome."""
+        self.in_flight = False
+        counted = outcome in COUNTED
+        tries = self.attempts + (1 if counted else 0)
+        v = verdict(outcome, tries, self.max_attempts)
+        assert v.counted is counted
+        if counted:
+            self.attempts = tries
+        if self.status is not R.DIALLING:
+            return  # recovered or cancelled while it rang: that verdict stays
+        event = v.event
+        if event is E.RETRY_LATER and calendar_exhausted:  # no due time left before max_age
+            event = E.EXPIRE if self.attempts < self.max_attempts else E.FAIL
+        assert self._send(event), f"the dialer sent an illegal {event} from DIALLING"
+
+    # -- everything else -------------------------------------------------------------
+
+    @rule(event=st.sampled_from([E.RECOVER, E.EXPIRE, E.CANCEL, E.RETRY_NOW]))
+    def outside(self, event: E) -> None:
+        if self._send(event) and event is E.RETRY_NOW:
+            self.admin_retries += 1
+
+    @rule(event=st.sampled_from(E))
+    def anything(self, event: E) -> None:
+        """Any event at all, as a bug or a race might send: the table alone decides."""
+        if self.in_flight or event in (E.CLAIM, E.RETRY_LATER, E.REACH, E.FAIL):
+            # Dialer events outside the dialer would break the attempt model; only check they raise.
+            if (self.status, event) not in REQUEST_TRANSITIONS:
+                self._send(event)
+            return
+        if self._send(event) and event is E.RETRY_NOW:
+            self.admin_retries += 1
+
+    # -- invariants ------------------------------------------------------------------
+
+    @invariant()
+    def dialling_only_from_open(self) -> None:
+        for before, _event, after in self.steps:
+            if after is R.DIALLING:
+                assert before is R.OPEN
+            if before in CLOSED_STATUSES and after is not before:
+                assert after is R.OPEN, "a closed request may only be reopened"
+
+    @invariant()
+    def reached_and_recovered_are_absorbing(self) -> None:
+        if self.seen_absorbing is not None:
+            assert self.status is self.seen_absorbing
+        elif self.status in ABSORBING:
+            self.seen_absorbing = self.status
+
+    @invariant()
+    def attempts_stay_within_the_ladder(self) -> None:
+        # Only an admin's retry can grant a try beyond the ladder, one per retry.
+        assert self.attempts <= self.max_attempts + self.admin_retries
+
+    @invariant()
+    def dialling_means_an_attempt_rings(self) -> None:
+        if self.status is R.DIALLING:
+            assert self.in_flight
+
+
+RequestLifecycle.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+test_request_lifecycle = RequestLifecycle.TestCase
