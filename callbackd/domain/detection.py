@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-
 # Every channel callbackd originates has a Uniqueid (and so a Linkedid) starting with this.
 CALLBACK_CHANNEL_PREFIX = "cbd-"
 
@@ -245,7 +244,6 @@ class Detector:
         if call is not None and ev.get("Uniqueid") == linkedid:
             call.hangup_requested = True
         return []
-
 
     # -- ring groups, extensions, after hours -------------------------------------------
 
