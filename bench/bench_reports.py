@@ -172,8 +172,11 @@ def generate(path: Path, n_calls: int, seed: int = 1) -> dict[str, int]:
     }
 
 
-def measure(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
+def measure(argv: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one child process.
+
+    CPU time is printed too because wall time on a shared machine moves with its other load.
+    """
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -182,7 +185,7 @@ def measure(argv: list[str]) -> tuple[float, float]:
     err = proc.stderr.read().decode() if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err}")
-    return wall, usage.ru_maxrss / 1024  # KiB on Linux
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # KiB on Linux
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -241,23 +244,25 @@ def main() -> int:
     }
     results = {}
     for name, argv in runs.items():
-        walls, rss = [], []
+        walls, cpus, rss = [], [], []
         for _ in range(args.repeat):
-            w, r = measure(argv)
+            w, c, r = measure(argv)
             walls.append(w)
+            cpus.append(c)
             rss.append(r)
-        results[name] = {"seconds": summary(walls), "peak_rss_mb": summary(rss)}
-        s, r = results[name]["seconds"], results[name]["peak_rss_mb"]
+        results[name] = {"seconds": summary(walls), "cpu_seconds": summary(cpus), "peak_rss_mb": summary(rss)}
+        s, c, r = results[name]["seconds"], results[name]["cpu_seconds"], results[name]["peak_rss_mb"]
         ok = s["median"] < TARGET_SECONDS and r["max"] < TARGET_RSS_MB
         print(
-            f"{name:34} time min/median/max {s['min']:6.2f} {s['median']:6.2f} {s['max']:6.2f} s   "
-            f"peak RSS {r['min']:6.1f} {r['median']:6.1f} {r['max']:6.1f} MB  ",
+            f"{name:34} wall min/median/max {s['min']:5.2f} {s['median']:5.2f} {s['max']:5.2f} s  "
+            f"cpu median {c['median']:5.2f} s  peak RSS max {r['max']:5.1f} MB ",
             "ok" if ok else "OVER TARGET",
             flush=True,
         )
     export_size = (OUT / "calls.csv").stat().st_size
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average": os.getloadavg(),  # other work on the machine while this ran
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),

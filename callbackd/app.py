@@ -12,18 +12,26 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections import Counter
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import structlog
 
+from callbackd import config as config_mod
+from callbackd import logs
+from callbackd import reload as reload_mod
 from callbackd.adapters import db
+from callbackd.adapters import status as status_file
 from callbackd.adapters.ami import AmiClient, AmiError
-from callbackd.adapters.store import ContactResult, Store
-from callbackd.config import Config
-from callbackd.dialer import Dialer
+from callbackd.adapters.metrics import Live, Metrics
+from callbackd.adapters.store import ContactResult, Finished, Store
+from callbackd.config import Config, ConfigError
+from callbackd.dialer import Dialer, Run
 from callbackd.domain.detection import (
     Answered,
     CallEnded,
@@ -49,8 +57,14 @@ from callbackd.domain.phone import NumberRules, mask, parse_caller_id
 
 log = structlog.get_logger("callbackd")
 
-DRAIN_GRACE = timedelta(seconds=30)
 CLAIM_LEASE = timedelta(hours=2)
+# How often the status loop looks for a change worth rewriting the status file.
+STATUS_CHECK = 1.0
+
+try:
+    VERSION = metadata.version("callbackd")
+except metadata.PackageNotFoundError:  # run from a source tree without pip install
+    VERSION = "unknown"
 
 
 def utcnow() -> datetime:
@@ -67,6 +81,15 @@ def notify(message: str) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.connect(path)
         sock.sendall(message.encode())
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not asked for us."""
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    pid = os.environ.get("WATCHDOG_PID")
+    if usec <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return usec / 2e6
 
 
 def intake_rules(cfg: Config) -> IntakeRules:
@@ -106,8 +129,17 @@ def detection_rules(cfg: Config) -> DetectionRules:
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
+        # Re-read on SIGHUP; None (tests) leaves reload to a config passed in.
+        self.config_path = config_path
+        self.state = "starting"  # running, draining, stopped: shown by `callbackd status`
+        self.started_at = utcnow()
+        self.reloaded_at: datetime | None = None
+        self.metrics = Metrics(self._live)
+        self._status_error: str | None = None
+        self._agi: Any = None
+        self._mqtt: Any = None
         self.detector = Detector(detection_rules(cfg))
         self.rules = intake_rules(cfg)
         self.guard = AbuseGuard(abuse_limits(cfg))
@@ -125,10 +157,14 @@ class Daemon:
         return mask(number) if self.cfg.log.mask_numbers else number
 
     async def run(self) -> int:
+        # From the start: SIGHUP's default action would kill a daemon still connecting.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_hup)
         async with AsyncExitStack() as stack:
             engine = db.make_engine(self.cfg.database.url)
             stack.push_async_callback(engine.dispose)
+            stack.callback(self._stopped)
             await db.upgrade(engine)
+            log.info("db.migrated", revision=await db.current_revision(engine))
             self.store = Store(
                 engine, node=self.cfg.node, schedule=self.cfg.schedule_rules(), claim_lease=CLAIM_LEASE
             )
@@ -151,13 +187,15 @@ class Daemon:
                 self.pool,
                 mask_numbers=self.cfg.log.mask_numbers,
                 guard=self.guard,
+                on_started=self._attempt_started,
+                on_finished=self._attempt_finished,
             )
             stack.push_async_callback(self.dialer.close)
             await self.ami.start(a.connect_timeout.total_seconds())
             if self.cfg.agi.enabled:
                 from callbackd.adapters.agi import CallbackAgi
 
-                agi = CallbackAgi(self.submit, self.rules)
+                agi = self._agi = CallbackAgi(self.submit, self.rules)
                 server = await agi.serve(self.cfg.agi.host, self.cfg.agi.port)
                 stack.push_async_callback(_close_server, server)
                 log.info("agi.listening", host=self.cfg.agi.host, port=self.cfg.agi.port)
@@ -166,6 +204,7 @@ class Daemon:
                 asyncio.create_task(self.dialer.run(), name="dialer"),
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
                 asyncio.create_task(self._watchdog(), name="watchdog"),
+                asyncio.create_task(self._status_loop(), name="status"),
             ]
             stack.push_async_callback(_cancel, tasks)
             from callbackd.adapters.scheduled import ReportScheduler
@@ -175,13 +214,14 @@ class Daemon:
             stack.callback(reports.shutdown)
             await self._start_lead_intake(stack)
             self._install_signals()
+            self.state = "running"
             notify("READY=1\nSTATUS=attached to AMI")
             log.info(
                 "daemon.ready", node=self.cfg.node, database=engine.url.render_as_string(hide_password=True)
             )
             await self.stop.wait()
             notify("STOPPING=1")
-            drained = await self.dialer.drain(DRAIN_GRACE)
+            drained = await self.dialer.drain(self.cfg.service.drain_grace)
             await self._flush_intake()
             log.info("daemon.stopped", drained=drained, in_flight=len(self.dialer.runs))
         return 0
@@ -196,12 +236,75 @@ class Daemon:
     def _on_term(self) -> None:
         self.sigterms += 1
         if self.sigterms == 1:
-            log.info("daemon.stopping", hint="send SIGTERM again to exit at once")
+            log.info(
+                "daemon.stopping",
+                in_flight=len(self.dialer.runs),
+                grace_s=self.cfg.service.drain_grace.total_seconds(),
+                hint="send SIGTERM again to exit at once",
+            )
+            self.state = "draining"
             self.dialer.accepting = False
             self.stop.set()
         else:
             log.warning("daemon.forced_exit")
             os._exit(1)
+
+    def _on_hup(self) -> None:
+        if self.state != "running":
+            log.info("config.reload_skipped", state=self.state)
+            return
+        self.reload()
+
+    # -- reload ----------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the config file and apply what can change without dropping AMI or calls.
+
+        A file that does not validate changes nothing: the daemon keeps running as it was.
+        """
+        if self.config_path is None:
+            log.warning("config.reload_failed", errors=["started without a config file"])
+            return False
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            try:
+                new = config_mod.load(self.config_path)
+            except ConfigError as exc:
+                lines = str(exc).splitlines()
+                log.error(
+                    "config.reload_failed",
+                    path=str(self.config_path),
+                    errors=[line.strip() for line in lines[1:]] or lines,
+                    hint="still running with the previous config",
+                )
+                return False
+            plan = reload_mod.plan(self.cfg, new)
+            self._apply(plan.effective)
+            self.reloaded_at = utcnow()
+            log.info("config.reloaded", path=str(self.config_path), changed=plan.changed)
+            if plan.restart_needed:
+                log.warning("config.restart_needed", keys=plan.restart_needed, hint="restart the daemon")
+            return True
+        finally:
+            notify("READY=1")
+
+    def _apply(self, cfg: Config) -> None:
+        """Swap in the live parts of *cfg*; calls in flight keep the settings they started with."""
+        if cfg.log != self.cfg.log:
+            logs.setup(cfg.log.level, cfg.log.format)
+        self.cfg = cfg
+        self.rules = intake_rules(cfg)
+        self.detector.rules = detection_rules(cfg)
+        self.guard.reconfigure(abuse_limits(cfg))
+        for adapter in (self._agi, self._mqtt):
+            if adapter is not None:
+                adapter.rules = self.rules
+        with contextlib.suppress(AttributeError):  # not yet built: run() reads self.cfg
+            self.store.schedule = cfg.schedule_rules()
+        with contextlib.suppress(AttributeError):
+            self.dialer.cfg = cfg.dialer
+            self.dialer.mask_numbers = cfg.log.mask_numbers
+            self.dialer.wake.set()
 
     # -- AMI -------------------------------------------------------------------------
 
@@ -223,6 +326,7 @@ class Daemon:
 
     def on_event(self, ev: dict[str, str]) -> None:
         now = utcnow()
+        self.metrics.event_received(ev, now.timestamp())
         self.pool.update(ev)
         self.dialer.on_event(ev)
         name = ev.get("Event")
@@ -248,15 +352,18 @@ class Daemon:
         """Web forms over HTTP and MQTT; pushed last, so they stop taking input first on exit."""
         if self.cfg.http.enabled:
             from callbackd.adapters.http import HttpServer, build_app
+            from callbackd.adapters.metrics import router
 
-            app = build_app(self.submit, self.cfg.http_token(), self.rules)
+            routers = [router(self.metrics, self.store)] if self.cfg.http.metrics else []
+            # A function, not the rules: a reload replaces self.rules.
+            app = build_app(self.submit, self.cfg.http_token(), lambda: self.rules, extra_routers=routers)
             server = HttpServer(app, self.cfg.http.host, self.cfg.http.port)
             await server.start()
             stack.push_async_callback(server.stop)
         if self.cfg.mqtt.enabled:
             from callbackd.adapters.mqtt import MqttIntake
 
-            mqtt = MqttIntake(self.cfg.mqtt, self.submit, self.rules)
+            mqtt = self._mqtt = MqttIntake(self.cfg.mqtt, self.submit, self.rules)
             mqtt.start()
             stack.push_async_callback(mqtt.stop)
 
@@ -372,12 +479,106 @@ class Daemon:
 
     async def _watchdog(self) -> None:
         """Ping systemd's watchdog at half its interval, from the event loop itself."""
-        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if usec <= 0:
+        interval = watchdog_interval()
+        if interval is None:
             return
         while True:
             notify("WATCHDOG=1")
-            await asyncio.sleep(usec / 2e6)
+            await asyncio.sleep(interval)
+
+    # -- status and metrics ----------------------------------------------------------
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """What `callbackd status` shows that only the running daemon knows."""
+        now = utcnow()
+        ami: AmiClient | None = getattr(self, "ami", None)
+        dialer: Dialer | None = getattr(self, "dialer", None)
+        runs = list(dialer.runs.values()) if dialer is not None else []
+        return {
+            "version": VERSION,
+            "pid": os.getpid(),
+            "node": self.cfg.node,
+            "state": self.state,
+            "started_at": self.started_at.isoformat(),
+            "reloaded_at": self.reloaded_at.isoformat() if self.reloaded_at else None,
+            "ami": {
+                "address": f"{self.cfg.ami.host}:{self.cfg.ami.port}",
+                "connected": bool(ami is not None and ami.connected),
+                "reconnects": ami.reconnects if ami is not None else 0,
+                "last_error": ami.last_error if ami is not None else None,
+            },
+            "operators": {
+                "members": len(self.pool.members),
+                "free": [{"interface": m.interface, "name": m.name} for m in self.pool.free(now.timestamp())],
+            },
+            "callers_waiting": self.pool.callers_waiting(),
+            "in_flight": [
+                {
+                    "request_id": r.request_id,
+                    "attempt_id": r.attempt_id,
+                    "try_no": r.try_no,
+                    "operator": r.operator,
+                    "number": self._num(r.number),
+                }
+                for r in runs
+            ],
+            "refusals": dict(self.refusals),
+            "last_error": logs.last_problem.last,
+        }
+
+    def _write_status(self, snapshot: dict[str, Any]) -> None:
+        path = self.cfg.service.status_file
+        try:
+            status_file.write(path, {**snapshot, "written_at": utcnow().isoformat()})
+        except OSError as exc:
+            if self._status_error != str(exc):  # once per distinct failure, not every second
+                log.warning("status.write_failed", path=str(path), error=str(exc))
+            self._status_error = str(exc)
+        else:
+            self._status_error = None
+
+    async def _status_loop(self) -> None:
+        """Rewrite the status file on any change (looked for every second) and every status_interval."""
+        loop = asyncio.get_running_loop()
+        last: dict[str, Any] | None = None
+        written = float("-inf")
+        while True:
+            try:
+                snapshot = self.status_snapshot()
+                due = loop.time() - written >= self.cfg.service.status_interval.total_seconds()
+                if snapshot != last or due:
+                    self._write_status(snapshot)
+                    last, written = snapshot, loop.time()
+            except Exception:
+                log.exception("status.failed")
+            await asyncio.sleep(STATUS_CHECK)
+
+    def _stopped(self) -> None:
+        """Last words in the status file, so `callbackd status` says stopped rather than gone."""
+        self.state = "stopped"
+        self._write_status(self.status_snapshot())
+
+    def _live(self) -> Live:
+        ami: AmiClient | None = getattr(self, "ami", None)
+        dialer: Dialer | None = getattr(self, "dialer", None)
+        return Live(
+            ami_connected=bool(ami is not None and ami.connected),
+            ami_reconnects=ami.reconnects if ami is not None else 0,
+            operators=len(self.pool.members),
+            operators_free=len(self.pool.free(time.time())),
+            callers_waiting=self.pool.callers_waiting(),
+            in_flight=len(dialer.runs) if dialer is not None else 0,
+            refusals=dict(self.refusals),
+        )
+
+    def _attempt_started(self, run: Run, req: Any) -> None:
+        # The first attempt: nothing counted, no operator failover yet (a retry round resets
+        # operator_tries, so Metrics also remembers which requests it has seen).
+        first = req.attempts_made == 0 and req.operator_tries == 0 and req.last_attempt_at is None
+        self.metrics.attempt_started(req.id, req.created_at, utcnow(), first)
+
+    def _attempt_finished(self, run: Run, done: Finished) -> None:
+        self.metrics.attempt_finished(done.outcome.value)
 
 
 async def _close_server(server: asyncio.Server) -> None:

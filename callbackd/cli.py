@@ -26,6 +26,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     try:
         cfg.ami_secret()
+        if cfg.http.enabled:
+            cfg.http_token()
     except (ConfigError, OSError) as exc:
         print(f"{config_mod.config_path(args.config)}: {exc}", file=sys.stderr)
         return 1
@@ -40,12 +42,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     logs.setup(cfg.log.level, cfg.log.format)
     try:
-        return asyncio.run(Daemon(cfg).run())
+        return asyncio.run(Daemon(cfg, config_mod.config_path(args.config)).run())
     except Exception as exc:  # start-up failures: one clear line, non-zero exit
+        from sqlalchemy.exc import DBAPIError
+
         from callbackd.adapters.ami import AmiError
 
         if isinstance(exc, AmiError | ConfigError | OSError):
             print(f"callbackd: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, DBAPIError):
+            print(f"callbackd: database: {exc.orig}", file=sys.stderr)
             return 1
         raise
 
@@ -61,6 +68,23 @@ async def _with_store(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
         return await fn(store)
     finally:
         await engine.dispose()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The daemon's status file plus the database; exit 3 when the daemon is not running."""
+    from callbackd.adapters import status
+
+    cfg = _load(args)
+    path = cfg.service.status_file
+    data = status.read(path)
+    now = status.utcnow()
+    verdict = status.assess(data, now, status.max_age(cfg), path)
+    counts, next_due, db_error = asyncio.run(status.gather(cfg))
+    rep = status.report(data, verdict, counts, next_due, db_error, now)
+    print(json.dumps(rep, indent=2) if args.json else status.render(rep, now))
+    if not verdict.running:
+        return status.NOT_RUNNING
+    return status.DATABASE_ERROR if db_error else status.RUNNING
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -325,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
     sub.add_parser("check-config", help="validate the config file").set_defaults(func=cmd_check_config)
+    st = sub.add_parser("status", help="is the daemon running: AMI, operators, open requests, last error")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
     dbp = sub.add_parser("db", help="database maintenance")
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
     dbsub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)

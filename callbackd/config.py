@@ -270,6 +270,8 @@ class HttpConfig(_Section):
     port: int = Field(8380, ge=1, le=65535)
     token: SecretStr | None = None
     token_file: Path | None = None
+    # GET /metrics (Prometheus) on this listener, without the token: keep host on loopback.
+    metrics: bool = True
 
     @field_validator("token")
     @classmethod
@@ -390,6 +392,17 @@ class ReportsConfig(_Section):
         return self
 
 
+class ServiceConfig(_Section):
+    """How the daemon reports on itself to ``callbackd status`` and systemd."""
+
+    # Rewritten atomically every status_interval and on change; /run/callbackd is the unit's
+    # RuntimeDirectory.
+    status_file: Path = Path("/run/callbackd/status.json")
+    status_interval: Duration = Field(timedelta(seconds=5), ge=timedelta(seconds=1))
+    # The first SIGTERM waits this long for calls in flight; keep it below the unit's TimeoutStopSec.
+    drain_grace: Duration = Field(timedelta(seconds=30), ge=timedelta(0))
+
+
 class Config(_Section):
     ami: AmiConfig = AmiConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -403,6 +416,7 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     log: LogConfig = LogConfig()
     reports: ReportsConfig = ReportsConfig()
+    service: ServiceConfig = ServiceConfig()
     node: str = Field(default_factory=lambda: os.uname().nodename)
 
     # -- domain objects built from the config ------------------------------------------

@@ -84,6 +84,7 @@ class Dialer:
         clock: Callable[[], datetime] = utcnow,
         on_finished: Callable[[Run, Finished], None] | None = None,
         guard: AbuseGuard | None = None,
+        on_started: Callable[[Run, Any], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -92,6 +93,8 @@ class Dialer:
         self.clock = clock
         self.mask_numbers = mask_numbers
         self.on_finished = on_finished
+        # Called with the run and the claimed request row once its attempt is written (metrics).
+        self.on_started = on_started
         self.runs: dict[str, Run] = {}  # by channel id
         self.accepting = True
         self.wake = asyncio.Event()
@@ -180,6 +183,8 @@ class Dialer:
             number=self._num(run.number),
             reason=req.reason,
         )
+        if self.on_started is not None:
+            self.on_started(run, req)
         task = asyncio.ensure_future(self._follow(run, fields))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -247,7 +252,13 @@ class Dialer:
         if run.operator_answered_at is not None:
             return
         run.operator_answered_at = self.clock()
-        log.info("operator.answered", attempt_id=run.attempt_id, operator=run.operator)
+        log.info(
+            "operator.answered",
+            request_id=run.request_id,
+            attempt_id=run.attempt_id,
+            operator=run.operator,
+            number=self._num(run.number),
+        )
         self._mark(run, AttemptStatus.OPERATOR_UP, operator_answered_at=run.operator_answered_at)
 
     async def _finish(self, run: Run, outcome: Outcome, extra: dict[str, Any]) -> None:
@@ -303,14 +314,23 @@ class Dialer:
             self._operator_up(run)
         elif name == "DialBegin" and uniqueid == run.channel_id:
             run.client_channel = ev.get("DestUniqueid") or ev.get("DestChannel")
-            log.info("client.ringing", attempt_id=run.attempt_id, number=self._num(run.number))
+            log.info(
+                "client.ringing",
+                request_id=run.request_id,
+                attempt_id=run.attempt_id,
+                number=self._num(run.number),
+            )
             self._mark(run, AttemptStatus.CLIENT_RINGING)
         elif name == "BridgeEnter":
             run.bridged += 1
             if run.bridged == 2:
                 run.client_answered_at = self.clock()
                 log.info(
-                    "bridged", attempt_id=run.attempt_id, operator=run.operator, number=self._num(run.number)
+                    "bridged",
+                    request_id=run.request_id,
+                    attempt_id=run.attempt_id,
+                    operator=run.operator,
+                    number=self._num(run.number),
                 )
                 self._mark(run, AttemptStatus.BRIDGED, client_answered_at=run.client_answered_at)
         elif name == "Hangup" and uniqueid == run.channel_id:
@@ -353,7 +373,13 @@ class Dialer:
                     run.bridged = 2
                 self.runs[run.channel_id] = run
                 self.pool.reserve(att.operator, self.clock().timestamp())
-                log.info("attempt.reattached", attempt_id=att.id, status=att.status)
+                log.info(
+                    "attempt.reattached",
+                    request_id=att.request_id,
+                    attempt_id=att.id,
+                    number=self._num(att.number),
+                    status=att.status,
+                )
                 task = asyncio.ensure_future(self._follow(run, None))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -363,7 +389,14 @@ class Dialer:
                     # Never reached the operator's answer: the client was not rung.
                     outcome = Outcome.OPERATOR_NO_ANSWER
                 run = Run(att.id, att.channel_id, att.request_id, att.number, att.operator, att.try_no, "")
-                log.warning("attempt.reconciled", attempt_id=att.id, was=att.status, outcome=outcome.value)
+                log.warning(
+                    "attempt.reconciled",
+                    request_id=att.request_id,
+                    attempt_id=att.id,
+                    number=self._num(att.number),
+                    was=att.status,
+                    outcome=outcome.value,
+                )
                 await self._finish(run, outcome, {"originate_reason": "reconciled"})
         # Runs we follow whose channel vanished during an AMI gap.
         for run in list(self.runs.values()):

@@ -4,8 +4,39 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
+
+_PROBLEM_LEVELS = frozenset({"warning", "error", "critical"})
+_DETAIL_KEYS = ("error", "reason", "message", "errors")
+
+
+class LastProblem:
+    """Remembers the last warning or error logged, for the status file; adds nothing to the log.
+
+    Only the event name, time and a short detail are kept: other fields may hold numbers.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] | None = None
+
+    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        level = event_dict.get("level")
+        if level in _PROBLEM_LEVELS:
+            detail = next((event_dict[k] for k in _DETAIL_KEYS if event_dict.get(k)), None)
+            if detail is None and event_dict.get("exc_info"):
+                detail = "exception (see the log)"
+            self.last = {
+                "at": event_dict.get("timestamp"),
+                "level": level,
+                "event": str(event_dict.get("event")),
+                "detail": str(detail)[:300] if detail is not None else None,
+            }
+        return event_dict
+
+
+last_problem = LastProblem()
 
 
 def setup(level: str = "info", fmt: str = "auto") -> None:
@@ -23,7 +54,7 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, last_problem, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,

@@ -7,6 +7,9 @@ quirks are contained here:
   therefore listed in ``forgetable_actions``, or a reconnect would dial twice;
 - its own ping never checks the reply, so it is disabled and :meth:`_watchdog`
   pings, and drops the connection when no reply comes in time;
+- a message it cannot handle (a duplicated ``Event`` or ``ActionID`` header makes
+  it raise) would end the connection, so :class:`SafeAmiProtocol` drops that
+  message instead, and caps what it buffers while waiting for a message's end;
 - events reach the rest of the daemon as plain ``dict[str, str]``.
 """
 
@@ -14,17 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 from panoramisk import Manager
+from panoramisk.ami_protocol import AMIProtocol
 
 log = structlog.get_logger("callbackd.ami")
 
 # Actions panoramisk must never re-send after a reconnect.
 FORGETABLE = ("ping", "login", "originate", "queuestatus", "coreshowchannels", "status")
+# No real message comes near this; past it the peer is broken, so reconnect and resync.
+MAX_PENDING = 4 * 1024 * 1024
+# AMI values never hold control characters; PostgreSQL refuses NUL, logs and reports want none.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class AmiError(Exception):
@@ -36,15 +46,35 @@ class AmiNotConnected(AmiError):
 
 
 def to_dict(message: Any) -> dict[str, str]:
-    """A panoramisk Message as a plain dict; repeated headers are joined by ';'."""
+    """A panoramisk Message as a plain dict; repeated headers are joined by ';', controls dropped."""
     out: dict[str, str] = {}
     for key, value in message.items():
         if key == "content":
             continue
         if isinstance(value, list):
             value = ";".join(str(v) for v in value)
-        out[key] = value if isinstance(value, str) else str(value)
+        out[_CONTROL.sub("", str(key))] = _CONTROL.sub("", value if isinstance(value, str) else str(value))
     return out
+
+
+class SafeAmiProtocol(AMIProtocol):
+    """panoramisk's parser, minus the ways bad input ends the connection or eats memory."""
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        except Exception as exc:  # the rest of this chunk is lost, the connection is not
+            log.warning("ami.bad_data", error=repr(exc)[:200])
+        if sum(len(part) for part in self.queue) > MAX_PENDING:
+            log.warning("ami.bad_data", error=f"no message end in {MAX_PENDING} bytes; reconnecting")
+            self.queue.clear()
+            self.transport.close()
+
+    def handle_message(self, message: Any) -> None:
+        try:
+            super().handle_message(message)
+        except Exception as exc:
+            log.warning("ami.bad_data", error=repr(exc)[:200])
 
 
 class AmiClient:
@@ -83,6 +113,7 @@ class AmiClient:
             ping_interval=10**7,
             reconnect_timeout=reconnect_delay,
             forgetable_actions=FORGETABLE,
+            protocol_factory=SafeAmiProtocol,
             loop=asyncio.get_running_loop(),
             on_login=self._login_done,
             on_disconnect=self._disconnected,
@@ -93,14 +124,22 @@ class AmiClient:
 
     async def start(self, timeout: float = 10.0) -> None:
         """Connect and wait for a successful login (panoramisk keeps retrying)."""
-        self.manager.connect()
+        self.manager.connect().add_done_callback(self._first_connect_done)
         self._spawn(self._watchdog())
         try:
             await asyncio.wait_for(self._logged_in.wait(), timeout)
         except TimeoutError:
+            where = f"{self.manager.config['host']}:{self.manager.config['port']}"
             raise AmiNotConnected(
-                f"no AMI login within {timeout:.0f}s ({self.last_error or 'no answer'})"
+                f"no AMI login to {where} within {timeout:.0f}s ({self.last_error or 'no answer'})"
             ) from None
+
+    def _first_connect_done(self, task: asyncio.Future[Any]) -> None:
+        """panoramisk only logs a failed connect; keep its reason for the start-up error."""
+        if not task.cancelled() and isinstance(task.exception(), OSError):
+            exc = task.exception()
+            assert isinstance(exc, OSError)
+            self.last_error = f"cannot connect: {os.strerror(exc.errno) if exc.errno else exc}"
 
     async def close(self) -> None:
         self._closing = True

@@ -88,12 +88,14 @@ async def _read_body(request: Request) -> bytes:
 def build_app(
     submit: Submit,
     token: str,
-    rules: IntakeRules,
+    rules: IntakeRules | Callable[[], IntakeRules],
     *,
     extra_routers: Iterable[APIRouter] = (),
     clock: Callable[[], datetime] = _utcnow,
 ) -> FastAPI:
     """The intake API. ``submit`` is ``Daemon.submit``; ``rules`` refuse a lead before it is stored.
+
+    ``rules`` may be a function returning the rules in force, so a config reload reaches the API.
 
     ``extra_routers`` are mounted as they are: they bring their own authentication.
     """
@@ -127,7 +129,8 @@ def build_app(
         """Store a lead; the same number while a request is open merges into it."""
         try:
             form = parse_lead(await _read_body(request))
-            accepted = await submit_lead(form, source=Source.HTTP, rules=rules, submit=submit, now=clock())
+            current = rules() if callable(rules) else rules
+            accepted = await submit_lead(form, source=Source.HTTP, rules=current, submit=submit, now=clock())
         except LeadRefused as exc:
             log.info("lead.refused", source="http", kind=exc.kind, reason=exc.reason)
             raise HTTPException(_STATUS[exc.kind], exc.reason) from None

@@ -40,7 +40,14 @@ class LeadForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    phone: Annotated[str, Field(max_length=64, description="The number to call back, as typed")]
+    phone: Annotated[
+        str,
+        Field(
+            max_length=64,
+            description="The number to call back, as typed",
+            examples=["(202) 555-0123", "+44 20 7946 0958"],
+        ),
+    ]
     name: Annotated[str, Field(max_length=80)] = ""
     source: Annotated[
         str | None,

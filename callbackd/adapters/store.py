@@ -22,6 +22,7 @@ from callbackd.domain.errors import IllegalTransition
 from callbackd.domain.intake import Contact, Decision, Disposition
 from callbackd.domain.ladder import Schedule
 from callbackd.domain.outcomes import Outcome, verdict
+from callbackd.domain.phone import sanitize_caller_name
 from callbackd.domain.states import (
     IN_FLIGHT_ATTEMPTS,
     OPEN_STATUSES,
@@ -213,7 +214,8 @@ class Store:
                     linkedid=call.linkedid,
                     caller_num=call.caller_num[:64],
                     number=number,
-                    caller_name=call.caller_name[:80],
+                    # Shown in reports and exports: letters, digits and plain punctuation only.
+                    caller_name=sanitize_caller_name(call.caller_name, 80),
                     did=call.did[:64],
                     queue=call.queue,
                     started_at=call.started_at,

@@ -93,6 +93,20 @@ class RateLimiter:
         self.record(key, now)
         return True
 
+    def resize(self, limit: int, window: timedelta) -> None:
+        """New limit and window (a config reload), keeping the events counted so far."""
+        if limit < 0:
+            raise ValueError("limit must be >= 0 (0 means no limit)")
+        if window <= timedelta(0):
+            raise ValueError("window must be positive")
+        self.limit = limit
+        self.window = window
+        if limit == 0:
+            self._events.clear()
+            return
+        for key, events in self._events.items():
+            self._events[key] = deque(events, maxlen=limit)
+
     def prune(self, now: datetime) -> None:
         """Drop keys with no event left in the window (``allow`` does it for the keys it sees)."""
         for key in list(self._events):
@@ -123,6 +137,13 @@ class AbuseGuard:
         self.per_number = RateLimiter(lim.new_requests_per_number, lim.per_number_window, max_keys=max_keys)
         self.overall = RateLimiter(lim.new_requests_global, lim.global_window, max_keys=1)
         self.attempts = RateLimiter(lim.attempts_per_hour, HOUR, max_keys=1)
+
+    def reconfigure(self, limits: AbuseLimits) -> None:
+        """Apply new limits without forgetting what was counted: a reload must not reset the caps."""
+        self.limits = limits
+        self.per_number.resize(limits.new_requests_per_number, limits.per_number_window)
+        self.overall.resize(limits.new_requests_global, limits.global_window)
+        self.attempts.resize(limits.attempts_per_hour, HOUR)
 
     def new_request_refusal(self, number: str, now: datetime) -> str | None:
         """Why a new request for ``number`` may not be opened now, or None if it may. Records nothing."""

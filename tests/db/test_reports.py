@@ -551,7 +551,7 @@ def test_documented_report_settings_are_valid():
     cfg = Config.model_validate(tomllib.loads(snippet))
     assert cfg.reports.csv_delimiter == ";" and cfg.reports.schedule[0].cron == "5 0 * * *"
     example = (root / "config" / "callbackd.toml").read_text()
-    block = example[example.index("# [reports]") :]
+    block = example[example.index("# [reports]") :].split("\n\n", 1)[0]
     cfg = Config.model_validate(
         tomllib.loads("\n".join(re.sub(r"^# ?", "", ln) for ln in block.splitlines()))
     )

@@ -1,4 +1,4 @@
-"""The abuse limits as the daemon applies them: Daemon.submit on a real SQLite store, the HTTP
+"""The abuse limits as the daemon applies them: Daemon.submit on a real SQLite store, the AGI, HTTP
 and MQTT answers (MQTT through the real Mosquitto), and the dialer's hourly attempt cap."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from callbackd.adapters import db
 from callbackd.adapters import models as m
+from callbackd.adapters.agi import CallbackAgi
 from callbackd.adapters.ami import AmiClient
 from callbackd.adapters.http import build_app
 from callbackd.adapters.mqtt import MqttIntake
@@ -229,3 +230,30 @@ async def test_dialer_stops_at_the_hourly_attempt_cap_and_says_so_once_an_hour(l
         assert len(await lead_store.list_requests(status="open")) == 1
     finally:
         await dialer.close()
+
+
+class KeypadSession:
+    """Asterisk's side of an AGI session: no key pressed, so the caller's own number is kept."""
+
+    def __init__(self, uniqueid: str) -> None:
+        self.headers = {"agi_arg_1": "2025550123", "agi_uniqueid": uniqueid}
+        self.sent: list[str] = []
+
+    async def send_command(self, command: str) -> dict[str, Any]:
+        self.sent.append(command)
+        return {"result": ("0", "")}
+
+
+async def test_agi_tells_a_rate_limited_caller_blocked_and_keeps_the_contact(daemon_factory):
+    d = await daemon_factory({"new_requests_per_number": 1})
+    agi = CallbackAgi(d.submit, d.rules)
+    first, second = KeypadSession("u1"), KeypadSession("u2")
+    await agi.callback_request(first)  # type: ignore[arg-type]
+    assert "SET VARIABLE CB_RESULT stored" in first.sent
+    async with d.store.session() as s:
+        rid = (await s.execute(select(m.Request.id))).scalar_one()
+    await close(d, rid)
+    await agi.callback_request(second)  # type: ignore[arg-type]
+    assert "SET VARIABLE CB_RESULT blocked" in second.sent
+    assert await counts(d.store) == (2, 1)
+    assert d.refusals == {NUMBER_RATE: 1}

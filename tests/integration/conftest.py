@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,15 +54,35 @@ class Lab:
         return self.run("pstn", *args)
 
 
+LOCK_PATH = Path("/run/callbackd-lab.tests.lock")
+
+
 @pytest.fixture(scope="session")
 def lab():
-    """The lab, started once per session; stopped at the end unless it was already running."""
+    """The lab, started once per session; stopped at the end unless it was already running.
+
+    There is one PBX per machine: a second test run waits on a lock instead of sharing it.
+    """
+    lock = LOCK_PATH.open("a")
+    deadline = time.monotonic() + 3600
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"another test run held {LOCK_PATH} for an hour")
+            time.sleep(1)
     helper = Lab()
     was_up = helper.status().get("up", False)
     print(helper.run("up", timeout=900))
-    yield helper
-    if not was_up:
-        helper.run("down")
+    try:
+        yield helper
+        if not was_up:
+            helper.run("down")
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
 
 
 class Watch:

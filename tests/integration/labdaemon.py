@@ -30,6 +30,7 @@ def lab_config(
         f'url = "{db_url or f"sqlite+aiosqlite:///{tmp_path}/callbackd.db"}"',
     )
     text = text.replace('format = "console"', 'format = "json"')
+    text = text.replace("/tmp/callbackd-lab/status.json", f"{tmp_path}/status.json")
     for old, new in (replace or {}).items():
         assert old in text, old
         text = text.replace(old, new)

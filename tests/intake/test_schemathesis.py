@@ -1,0 +1,109 @@
+"""Schemathesis against the OpenAPI the intake serves: the real app behind Daemon.submit and a real
+SQLite store, over a real socket. No answer may be a 5xx or stray from the documented schema,
+and nothing stored may carry a number that is not E.164."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from leadkit import TOKEN
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+from sqlalchemy import select
+
+from callbackd.adapters import db
+from callbackd.adapters import models as m
+from callbackd.adapters.http import HttpServer, build_app
+from callbackd.adapters.store import Store
+from callbackd.app import CLAIM_LEASE, Daemon
+from callbackd.config import Config
+from callbackd.dialer import Dialer
+from callbackd.domain.calendar import BusinessCalendar
+from callbackd.domain.ladder import Schedule
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+UNSAFE_IN_NAMES = set('"<>;&${}\r\n')
+
+
+class Served:
+    """The intake on its own event loop in a thread: schemathesis calls it synchronously."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="served-intake", daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    async def start(self) -> None:
+        cfg = Config.model_validate({"database": {"url": self.url}})
+        self.daemon = d = Daemon(cfg)
+        engine = db.make_engine(self.url)
+        await db.upgrade(engine)
+        schedule = Schedule(calendar=BusinessCalendar.always_open("UTC"))
+        d.store = Store(engine, node="st", schedule=schedule, claim_lease=CLAIM_LEASE)
+        d.dialer = Dialer(cfg.dialer, d.store, None, d.pool)  # type: ignore[arg-type]  # only woken
+        self.server = HttpServer(build_app(d.submit, TOKEN, d.rules), "127.0.0.1", 0)
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.daemon.store.engine.dispose()
+
+    async def stored(self) -> tuple[list[Any], list[Any]]:
+        async with self.daemon.store.session() as s:
+            contacts = list((await s.execute(select(m.Contact))).scalars())
+            requests = list((await s.execute(select(m.Request))).scalars())
+        return contacts, requests
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    served = Served(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('schemathesis')}/intake.db")
+    served.call(served.start())
+    try:
+        yield served
+    finally:
+        served.call(served.stop())
+        served.loop.call_soon_threadsafe(served.loop.stop)
+        served.thread.join(10)
+        served.loop.close()
+
+
+@pytest.fixture(scope="module")
+def api_schema(served: Served) -> Any:
+    return schemathesis.openapi.from_url(f"http://127.0.0.1:{served.server.port}/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_answer_is_documented_and_none_is_a_server_error(case: Any) -> None:
+    case.call_and_validate(
+        headers=AUTH,
+        timeout=10,
+        checks=[not_a_server_error, status_code_conformance, response_schema_conformance],
+    )
+
+
+def test_nothing_stored_carries_a_bad_number_or_name(served: Served) -> None:
+    """Runs after the generated cases above (pytest keeps the file's order)."""
+    contacts, requests = served.call(served.stored())
+    assert contacts, "the generated cases never reached the store"
+    for row in contacts + requests:
+        assert E164_RE.match(row.number), row.number
+        assert not UNSAFE_IN_NAMES & set(row.name), row.name
+    for row in contacts:
+        assert row.disposition == "schedule" and row.request_id is not None  # web refusals: not stored
