@@ -31,7 +31,7 @@ from callbackd.adapters.ami import AmiClient, AmiError
 from callbackd.adapters.metrics import Live, Metrics
 from callbackd.adapters.store import ContactResult, Finished, Store
 from callbackd.config import Config, ConfigError
-from callbackd.dialer import Dialer, Run
+from callbackd.dialer import Dialer, Run, channel_ids
 from callbackd.domain.detection import (
     Answered,
     CallEnded,
@@ -312,10 +312,16 @@ class Daemon:
         """After every (re)connect: resync operators and queues, then reconcile calls."""
         try:
             status = await self.ami.list_action({"Action": "QueueStatus"})
+            channels = await self.ami.list_action({"Action": "CoreShowChannels"})
             self.pool.resync(status)
-            await self.dialer.reconcile()
+            live = [e for e in channels if e.get("Event") == "CoreShowChannel"]
+            lost = self.detector.resync(live, status, utcnow())
+            if lost:
+                log.warning("calls.ended_unseen", count=len(lost), linkedids=[c.linkedid for c in lost][:20])
+            await self.dialer.reconcile(channel_ids(channels))
             log.info(
                 "ami.resynced",
+                calls_followed=len(self.detector.calls),
                 members=len(self.pool.members),
                 free=len(self.pool.free(utcnow().timestamp())),
                 waiting=self.pool.callers_waiting(),

@@ -123,6 +123,10 @@ class Dialer:
 
     async def tick(self) -> None:
         now = self.clock()
+        # Due times are inside business hours, but a request can wait for an operator
+        # past closing time: it is never dialled then, it waits for the next opening.
+        if not self.store.schedule.calendar.is_open(now):
+            return
         if self.cfg.hold_while_callers_wait and self.pool.callers_waiting() > 0:
             return
         free = self.pool.free(now.timestamp())
@@ -138,7 +142,8 @@ class Dialer:
         busy_numbers = [r.number for r in self.runs.values()]
         for req in await self.store.claim_due(now, capacity, exclude_numbers=busy_numbers):
             free = self.pool.free(self.clock().timestamp())
-            if not free or req.number in busy_numbers:
+            # A SIGTERM while the claim was in the database: give it back, start nothing.
+            if not self.accepting or not free or req.number in busy_numbers:
                 await self.store.unclaim(req.id, self.clock())
                 continue
             await self._launch(req, free[0].interface)
@@ -359,9 +364,10 @@ class Dialer:
 
     # -- restart and reconnect -------------------------------------------------------
 
-    async def reconcile(self) -> None:
+    async def reconcile(self, live: set[str] | None = None) -> None:
         """Before dialling anything new: match attempts left in flight against live channels."""
-        live = await self.live_channel_ids()
+        if live is None:
+            live = await self.live_channel_ids()
         for att in await self.store.in_flight():
             if att.channel_id in live and att.channel_id not in self.runs:
                 req_reason = ""
@@ -407,10 +413,7 @@ class Dialer:
         self.wake.set()
 
     async def live_channel_ids(self) -> set[str]:
-        events = await self.ami.list_action({"Action": "CoreShowChannels"})
-        return {e.get("Uniqueid", "") for e in events if e.get("Event") == "CoreShowChannel"} | {
-            e.get("Linkedid", "") for e in events if e.get("Event") == "CoreShowChannel"
-        }
+        return channel_ids(await self.ami.list_action({"Action": "CoreShowChannels"}))
 
     async def drain(self, grace: timedelta) -> bool:
         """Stop taking new attempts; wait for the ones in flight. True if all finished."""
@@ -474,6 +477,12 @@ def originate_fields(
             f"CBD_TRY={run.try_no}",
         ],
     }
+
+
+def channel_ids(events: list[dict[str, str]]) -> set[str]:
+    """Uniqueids and Linkedids of a CoreShowChannels answer."""
+    chans = [e for e in events if e.get("Event") == "CoreShowChannel"]
+    return {e.get("Uniqueid", "") for e in chans} | {e.get("Linkedid", "") for e in chans}
 
 
 def _int(value: object) -> int | None:

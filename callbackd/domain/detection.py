@@ -15,7 +15,7 @@ clock as an argument, so tests drive it with recorded traces and no event loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -135,6 +135,15 @@ def _seconds(a: datetime | None, b: datetime | None) -> int:
     if a is None or b is None:
         return 0
     return max(0, round((b - a).total_seconds()))
+
+
+def _duration(text: str) -> int:
+    """CoreShowChannel's Duration, HH:MM:SS."""
+    try:
+        h, m, sec = (int(x) for x in text.split(":"))
+    except ValueError:
+        return 0
+    return h * 3600 + m * 60 + sec
 
 
 def _int(value: str | None) -> int | None:
@@ -325,6 +334,43 @@ class Detector:
         call.answered_at = now
         call.agent = agent
         return [Answered(call.linkedid, call.caller_num, agent, now)]
+
+    def resync(
+        self, channels: Iterable[Mapping[str, str]], queue_status: Iterable[Mapping[str, str]], now: datetime
+    ) -> list[CallTrack]:
+        """After an AMI gap or a restart: follow calls already in progress, forget ended ones.
+
+        ``channels`` are CoreShowChannel events, ``queue_status`` QueueStatus events
+        (QueueEntry tells which queue a caller waits in). Calls that ended during the gap
+        are returned: nobody saw how they ended, so they are reported, not guessed.
+        """
+        live = {c.get("Linkedid", "") for c in channels}
+        lost = [call for lid, call in self.calls.items() if lid not in live]
+        for call in lost:
+            del self.calls[call.linkedid]
+        waiting = {e.get("Uniqueid", ""): e for e in queue_status if e.get("Event") == "QueueEntry"}
+        for ch in channels:
+            lid = ch.get("Linkedid", "")
+            if ch.get("Uniqueid") != lid or lid in self.calls or not self._counts(ch):
+                continue
+            if not self._is_client(ch.get("CallerIDNum", "")):
+                continue
+            call = CallTrack(
+                linkedid=lid,
+                caller_num=ch.get("CallerIDNum", ""),
+                caller_name=ch.get("CallerIDName", ""),
+                did=ch.get("Exten", ""),
+                context=ch.get("Context", ""),
+                started_at=now - timedelta(seconds=_duration(ch.get("Duration", ""))),
+            )
+            entry = waiting.get(lid)
+            if entry is not None and (not self.rules.queues or entry.get("Queue") in self.rules.queues):
+                call.queue = entry.get("Queue")
+                call.joined_at = now - timedelta(seconds=_int(entry.get("Wait")) or 0)
+            elif ch.get("BridgeId"):
+                call.answered_at = now  # talking to someone already
+            self.calls[lid] = call
+        return lost
 
     def expire(self, now: datetime) -> list[CallTrack]:
         """Forget calls whose hang-up never arrived; returns them for logging."""

@@ -80,7 +80,11 @@ class OperatorPool:
             return
         if name not in ("QueueMember", "QueueMemberStatus", "QueueMemberAdded", "QueueMemberPause"):
             return
-        member = self.members.setdefault(interface, Member(interface, event.get("MemberName") or interface))
+        # QueueMemberStatus says MemberName; the QueueMember rows of a QueueStatus reply say Name.
+        name = event.get("MemberName") or event.get("Name")
+        member = self.members.setdefault(interface, Member(interface, name or interface))
+        if name:
+            member.name = name
         member.queues.add(queue)
         if "Status" in event:
             member.status = _int(event.get("Status"))

@@ -244,7 +244,8 @@ async def test_a_request_recovered_by_an_operators_call_is_not_lost(engine):
 
 
 @pytest.mark.parametrize("by", [None, *Grouping])
-async def test_every_grouping_matches_the_pure_computation(engine, by):
+async def test_every_grouping_matches_the_pure_computation(engine, by, monkeypatch):
+    monkeypatch.setattr(reports, "BATCH", 3)  # requests and their attempts cross batch boundaries
     got = await build_report(engine, START, END, by=by, tz=MSK, thresholds=Thresholds())
     want = reference(by)
     assert got.rows == want.rows
@@ -571,3 +572,21 @@ def test_column_check_neutralises_exactly_the_cells_a_spreadsheet_would_run():
         "'-",
         "plain",
     ]
+
+
+def test_gc_pause_nests_and_restores_the_collectors_state():
+    import gc
+
+    assert gc.isenabled()
+    with reports.gc_paused():
+        with reports.gc_paused():  # a second pass (another scheduled job) inside the first
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with reports.gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()

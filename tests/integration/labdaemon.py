@@ -41,8 +41,9 @@ def lab_config(
 
 
 class DaemonProcess:
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None, log_file: Path | None = None) -> None:
         self.config = config
+        self.log_file = log_file.open("a") if log_file else None
         self.lines: list[dict] = []
         self.raw: list[str] = []
         self._cond = threading.Condition()
@@ -60,6 +61,9 @@ class DaemonProcess:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            if self.log_file:
+                self.log_file.write(line)
+                self.log_file.flush()
             with self._cond:
                 self.raw.append(line)
                 try:

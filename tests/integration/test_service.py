@@ -312,10 +312,12 @@ async def test_status_command_on_a_running_and_a_stopped_daemon(lab, fresh, daem
         free = {o["interface"]: o["name"] for o in rep["daemon"]["operators"]["free"]}
         if free == {"PJSIP/op1": "Operator One", "PJSIP/op2": "Operator Two"}:
             break
-        assert time.monotonic() < deadline, rep
+        assert time.monotonic() < deadline, json.dumps(rep["daemon"], indent=1)
         await asyncio.sleep(1)
     text = cli(daemon.config, "status").stdout
-    assert "operators free   2 of 2: Operator One (PJSIP/op1), Operator Two (PJSIP/op2)" in text
+    [line] = [x for x in text.splitlines() if "operators free" in x]
+    assert line.startswith("  operators free   2 of 2: "), text  # least recently used first
+    assert "Operator One (PJSIP/op1)" in line and "Operator Two (PJSIP/op2)" in line
 
     assert daemon.stop() == 0
     res = cli(daemon.config, "status", check=False)
@@ -325,8 +327,11 @@ async def test_status_command_on_a_running_and_a_stopped_daemon(lab, fresh, daem
 
 async def test_metrics_endpoint_of_a_running_daemon(lab, fresh, tmp_path):
     port = free_port()
-    config = lab_config(tmp_path, extra=f"\n[http]\nenabled = true\nport = {port}\n")
-    daemon = DaemonProcess(config, env={"CALLBACKD_HTTP_TOKEN": TOKEN})
+    token = tmp_path / "http-token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    config = lab_config(tmp_path, extra=f'\n[http]\nenabled = true\nport = {port}\ntoken_file = "{token}"\n')
+    daemon = DaemonProcess(config)
     try:
         await wait(daemon, "ami.resynced", 30)
         req = add(config, "+12025550396")  # ...6: busy at the PSTN

@@ -219,3 +219,39 @@ def test_manual_outbound_call_answered_is_reported_with_the_dialled_number():
     # Extensions are not outside numbers.
     assert det.feed({**begin, "DialString": "PJSIP/op1", "DestUniqueid": "y"}, T0) == []
     assert det.outbound == {}
+
+
+def test_resync_follows_calls_in_progress_and_reports_ended_ones():
+    det = Detector()
+    run(det, [newchannel(uid="old.1") | {"Linkedid": "old.1"}])
+    assert "old.1" in det.calls
+    channels = [
+        {
+            "Event": "CoreShowChannel",
+            "Uniqueid": LID,
+            "Linkedid": LID,
+            "Context": "from-pstn",
+            "Exten": "100",
+            "CallerIDNum": "79990001122",
+            "CallerIDName": "Caller",
+            "Application": "Queue",
+            "Duration": "00:00:09",
+        },
+        {
+            "Event": "CoreShowChannel",
+            "Uniqueid": "cbd-x",
+            "Linkedid": "cbd-x",
+            "Context": "callbackd-bridge",
+            "CallerIDNum": "+12025550100",
+        },
+    ]
+    status = [{"Event": "QueueEntry", "Queue": "support", "Uniqueid": LID, "Wait": "7"}]
+    lost = det.resync(channels, status, T0)
+    assert [c.linkedid for c in lost] == ["old.1"]  # ended while nobody watched
+    call = det.calls[LID]
+    assert call.queue == "support" and call.started_at == T0 - timedelta(seconds=9)
+    assert call.joined_at == T0 - timedelta(seconds=7)
+    assert "cbd-x" not in det.calls  # our own callbacks are not inbound calls
+    # The abandon that follows the restart is detected as usual.
+    out = run(det, [ev("HangupRequest"), ev("QueueCallerAbandon", Queue="support", HoldTime="12")])
+    assert isinstance(out[0], Missed) and out[0].reason is MissReason.QUEUE_ABANDON and out[0].waited == 12

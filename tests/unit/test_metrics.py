@@ -453,3 +453,17 @@ def test_periods_are_local_days():
         named_period("fortnight", now, msk)
     assert parse_bound("2026-03-01T10:00", msk) == datetime(2026, 3, 1, 7, 0, tzinfo=UTC)
     assert parse_bound("2026-03-01T10:00Z", msk) == at(1, 10)
+
+
+def test_the_metrics_core_imports_no_io_framework():
+    import ast
+    from pathlib import Path
+
+    import callbackd.domain.periods
+
+    for module in (metrics, callbackd.domain.periods):
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        roots = {name.split(".")[0] for name in names}
+        assert not roots & {"asyncio", "sqlalchemy", "pydantic", "apscheduler"}, module.__name__

@@ -72,6 +72,8 @@ def test_resync_replaces_state_but_keeps_lru_and_counts_waiting_callers():
     )
     assert pool.callers_waiting() == 0
     assert [m.interface for m in pool.free(600.0)] == ["PJSIP/op2", "PJSIP/op1"]
+    # The member's name comes from QueueStatus's Name as well as QueueMemberStatus's MemberName.
+    assert [m.name for m in pool.free(600.0)] == ["op2", "op1"]
 
 
 def test_removed_member_is_forgotten():

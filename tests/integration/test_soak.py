@@ -1,0 +1,23 @@
+"""The CI-sized soak: 40 calls, 2 kill -9s, an Asterisk restart, a Mosquitto restart and a database
+lock, then every invariant. The full one: ``python tests/integration/soak.py --calls 500 --kills 10``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from soak import Soak
+
+pytestmark = pytest.mark.lab
+
+
+async def test_soak_ci_sized(lab, tmp_path):
+    report = await Soak(tmp_path, calls=40, kills=2, asterisk_restarts=1, seed=20261123).run(
+        rate=1.0, settle=240
+    )
+    print(json.dumps(report, indent=2))
+    assert report["kills"] == 2 and report["asterisk_restarts"] == 1
+    assert report["mosquitto_restarts"] == 1 and report["db_locks"] == 1
+    assert report["missed_checked"] > 0 and sum(report["attempts"].values()) > 0
+    assert report["settled"], report
+    assert not any(report["violations"].values()), report["violation_examples"]
