@@ -107,7 +107,8 @@ def lab_cfg_data(db_url: str) -> dict[str, Any]:
 
 
 def expected_per_loop(blocks: list[str]) -> dict[str, int]:
-    """What the detector makes of one loop: the call rows and the AMI contacts the store must hold."""
+    """What the detector makes of one loop: the call rows and AMI contacts the store must hold,
+    and every item the intake writer gets (also the recovery checks for answered calls)."""
     from datetime import UTC, datetime
 
     from callbackd.app import detection_rules
@@ -116,12 +117,13 @@ def expected_per_loop(blocks: list[str]) -> dict[str, int]:
 
     cfg = Config.model_validate(lab_cfg_data("sqlite+aiosqlite:///:memory:"))
     det = Detector(detection_rules(cfg))
-    calls = missed = 0
+    calls = missed = items = 0
     for b in blocks:
         for out in det.feed(parse_block(b), datetime.now(UTC)):
             calls += isinstance(out, CallEnded)
             missed += isinstance(out, Missed)
-    return {"calls": calls, "contacts": missed}
+            items += 1
+    return {"calls": calls, "contacts": missed, "intake_items": items}
 
 
 # -- the AMI server ------------------------------------------------------------------------
@@ -436,7 +438,7 @@ def main_bench(args: argparse.Namespace) -> dict[str, Any]:
             "events/s",
             daemon,
             target=(">=", TARGET_RATE),
-            over="runs",
+            over=f"{repeats} runs",
             digits=0,
         ),
         figure(
@@ -444,7 +446,7 @@ def main_bench(args: argparse.Namespace) -> dict[str, Any]:
             "bare panoramisk connection, parse only (baseline)",
             "events/s",
             bare,
-            over="runs",
+            over=f"{repeats} runs",
             digits=0,
         ),
         figure(
@@ -453,25 +455,33 @@ def main_bench(args: argparse.Namespace) -> dict[str, Any]:
             "ratio",
             ratios,
             target=(">=", TARGET_RATIO),
-            over="runs",
+            over=f"{repeats} runs",
             baseline="ingest_bare_eps",
             digits=2,
         ),
-        figure("ingest_lost", "events or records lost", "count", [len(lost)], target=("<=", 0), over="runs"),
+        figure(
+            "ingest_lost",
+            "events or records lost",
+            "count",
+            [len(lost)],
+            target=("<=", 0),
+            over=f"{repeats} runs",
+            digits=0,
+        ),
         figure(
             "ingest_lag_p99_ms",
             f"event lag p99 at {PACED_RATE:,} events/s (socket write -> on_event)",
             "ms",
             lag_p99,
             target=("<", TARGET_LAG_MS),
-            over="runs",
+            over=f"{repeats} runs",
         ),
         figure(
             "ingest_lag_p50_ms",
             f"event lag p50 at {PACED_RATE:,} events/s",
             "ms",
             lag_p50,
-            over="runs",
+            over=f"{repeats} runs",
         ),
     ]
     res = result(
@@ -494,17 +504,43 @@ def main_bench(args: argparse.Namespace) -> dict[str, Any]:
         from bench.benchlib import ensure_pyinstrument
 
         ensure_pyinstrument()
-        server = ctx.Process(target=serve_process, args=(events, child), daemon=True)
+        # A fifth of the stream is enough for the profile's shape, and quicker under the profiler.
+        part = events[: max(1, loops // 5) * len(blocks)]
+        server = ctx.Process(target=serve_process, args=(part, child), daemon=True)
         server.start()
         try:
             port = parent.recv()
-            prof = run_client("daemon", port, n, profile="ingest")
+            prof = run_client("daemon", port, len(part), profile="ingest")
         finally:
             server.terminate()
             server.join(5)
         res["profile"] = prof["profile"]
         res["details"]["profiled_run"] = {k: v for k, v in prof.items() if k != "profile"}
+    if any(f["key"] in ("ingest_daemon_eps", "ingest_ratio") and f.get("met") is False for f in figs):
+        res["notes"].append(bound_note(last_daemon, bare, per_loop, loops, n, res.get("profile")))
     return res
+
+
+def bound_note(d: dict, bare: list[float], per_loop: dict, loops: int, n: int, prof: dict | None) -> str:
+    """What bounds the daemon's ingest rate, from what this run measured."""
+    from statistics import median
+
+    dispatch = n / d["dispatch_seconds"]
+    items = per_loop["intake_items"] * loops
+    text = (
+        f"parsing, detection and the intake queue keep up ({dispatch:,.0f} events/s reach on_event,"
+        f" {dispatch / median(bare):.2f} of bare panoramisk); the end-to-end rate is bound by the intake"
+        f" writer, which stores {items:,} items per run one at a time, one transaction each (a call row per"
+        f" call, a contact and its request per missed call, a recovery check per answered call):"
+        f" {d['seconds'] * 1000 / items:.2f} ms per item on SQLite through SQLAlchemy's async session and"
+        f" aiosqlite's thread, with the queue up to {d['max_intake_depth']:,} items deep."
+    )
+    if prof:
+        pk = ", ".join(f"{p['package']} {100 * p['share']:.0f} %" for p in prof["by_package"][:5])
+        fn = "; ".join(f"{f['function']} ({f['where']})" for f in prof["top_self_time"][:4])
+        text += f" Profile ({prof['tool']}, {prof['tree']}), main thread by package: {pk};"
+        text += f" top functions: {fn}."
+    return text
 
 
 # -- recording the stream from the lab -------------------------------------------------------

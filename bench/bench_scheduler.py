@@ -353,6 +353,7 @@ def figures(sq: dict[str, Any], pg: dict[str, Any] | str, poll: float) -> list[d
             [scans],
             target=("<=", 0),
             over="query plans",
+            digits=0,
         )
     )
     figs.append(

@@ -306,25 +306,46 @@ def ensure_pyinstrument() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pyinstrument>=4.6"], check=True)
 
 
-def top_frames(session: Any, n: int = 15) -> list[dict[str, Any]]:
-    """Self time per function over a pyinstrument session, largest first."""
-    total: dict[tuple[str, str], float] = {}
+IDLE = ("epoll.poll", "select.select", "poll.poll")
+
+
+def top_frames(session: Any, n: int = 15) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Self time per function, and per package, over a pyinstrument session; largest first.
+
+    A "[self]" leaf counts for the function it is in; time in a built-in counts for the
+    package that called it, except the event loop's wait for I/O, which is "idle".
+    """
+    by_function: dict[tuple[str, str], float] = {}
+    by_package: dict[str, float] = {}
     root = session.root_frame()
     stack = [root] if root is not None else []
     while stack:
         frame = stack.pop()
-        stack.extend(frame.children)
-        if frame.total_self_time <= 0:
+        if frame.children:
+            stack.extend(frame.children)
             continue
-        where = f"{frame.file_path_short or ''}:{frame.line_no or ''}"
-        key = (frame.function or "?", where)
-        total[key] = total.get(key, 0.0) + frame.total_self_time
-    whole = session.duration or sum(total.values()) or 1.0
-    ranked = sorted(total.items(), key=lambda kv: kv[1], reverse=True)[:n]
-    return [
+        owner = frame.parent if frame.is_synthetic and frame.parent is not None else frame
+        key = (owner.function or "?", f"{owner.file_path_short or ''}:{owner.line_no or ''}")
+        by_function[key] = by_function.get(key, 0.0) + frame.time
+        if owner.function in IDLE:
+            package = "idle (waiting for I/O)"
+        else:
+            up = owner
+            while up is not None and (up.file_path_short or "<built-in>").startswith("<"):
+                up = up.parent
+            path = (up.file_path_short if up is not None else None) or "<built-in>"
+            package = path.split("/", 1)[0] if "/" in path else path
+        by_package[package] = by_package.get(package, 0.0) + frame.time
+    whole = sum(by_function.values()) or 1.0
+    functions = [
         {"function": fn, "where": where, "self_s": round(t, 3), "share": round(t / whole, 3)}
-        for (fn, where), t in ranked
+        for (fn, where), t in sorted(by_function.items(), key=lambda kv: kv[1], reverse=True)[:n]
     ]
+    packages = [
+        {"package": pkg, "self_s": round(t, 3), "share": round(t / whole, 3)}
+        for pkg, t in sorted(by_package.items(), key=lambda kv: kv[1], reverse=True)[:n]
+    ]
+    return functions, packages
 
 
 def save_profile(profiler: Any, name: str) -> dict[str, Any]:
@@ -333,11 +354,14 @@ def save_profile(profiler: Any, name: str) -> dict[str, Any]:
     path = OUT / f"profile-{name}.txt"
     path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
     session = profiler.last_session
+    functions, packages = top_frames(session)
     return {
         "tool": "pyinstrument",
         "duration_s": round(session.duration, 2),
+        "cpu_s": round(session.cpu_time, 2) if getattr(session, "cpu_time", None) else None,
         "tree": str(path.relative_to(ROOT)),
-        "top_self_time": top_frames(session),
+        "top_self_time": functions,
+        "by_package": packages,
     }
 
 
