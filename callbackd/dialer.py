@@ -101,6 +101,7 @@ class Dialer:
         self.finished = asyncio.Event()  # set whenever an attempt ends
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reconciled = False
+        self.paused_until: datetime | None = None
         self.guard = guard
         self._capped_logged: datetime | None = None
 
@@ -126,6 +127,8 @@ class Dialer:
         # Due times are inside business hours, but a request can wait for an operator
         # past closing time: it is never dialled then, it waits for the next opening.
         if not self.store.schedule.calendar.is_open(now):
+            return
+        if self.paused_until is not None and now < self.paused_until:
             return
         if self.cfg.hold_while_callers_wait and self.pool.callers_waiting() > 0:
             return
@@ -220,6 +223,9 @@ class Dialer:
                     replies = [replies]
                 ack = replies[0]
                 if ack.get("Response") == "Error":
+                    # The PBX, not the operator, said no (still booting, module missing):
+                    # dial nothing for a while rather than burn through the queue.
+                    self.paused_until = self.clock() + self.cfg.operator_retry_delay
                     log.warning("originate.refused", attempt_id=run.attempt_id, message=ack.get("Message"))
                     return Outcome.OPERATOR_NO_ANSWER, {"originate_reason": "refused"}
                 response = replies[-1]
