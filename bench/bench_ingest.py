@@ -71,9 +71,10 @@ SEP = "\r\n\r\n"
 def load_trace(path: Path = TRACE) -> list[str]:
     """The recorded events, one AMI message each, without the blank line that ends it."""
     text = gzip.decompress(path.read_bytes()).decode()
+    text = "\n".join(line for line in text.split("\n") if not line.startswith(";"))  # the tool's header
     blocks = []
     for block in text.split(SEP):
-        lines = [ln for ln in block.strip("\r\n").split("\r\n") if ln and not ln.startswith(";")]
+        lines = [ln for ln in block.strip("\r\n").split("\r\n") if ln]
         if lines and lines[0].startswith("Event:"):
             blocks.append("\r\n".join(lines))
     return blocks
@@ -553,7 +554,7 @@ def record(seconds_cap: float = 600) -> int:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from bench.benchlib import bench_config, lab, lab_session
+    from bench.benchlib import bench_config, lab, lab_call, lab_session
 
     sys.path.insert(0, str(ROOT / "tests" / "integration"))
     from labdaemon import DaemonProcess
@@ -566,6 +567,7 @@ def record(seconds_cap: float = 600) -> int:
         lab("operator", "all", "answer")
         cfg = bench_config(Path(tmp))
         daemon = DaemonProcess(cfg)
+        tracer = None
         try:
             daemon.wait_for("ami.resynced", timeout=30)
             tracer = subprocess.Popen(
@@ -575,7 +577,7 @@ def record(seconds_cap: float = 600) -> int:
             lock = threading.Lock()
 
             def call(number: str, to: str, after: float, *extra: str) -> None:
-                lab("call", "--from", number, "--to", to, "--hangup-after", str(after), *extra, timeout=300)
+                lab_call(number, to, after, *extra)
                 with lock:
                     say(f"    call {number} -> {to} done")
 
@@ -626,9 +628,14 @@ def record(seconds_cap: float = 600) -> int:
                     break
                 time.sleep(1)
             time.sleep(3)
-            os.killpg(tracer.pid, signal.SIGINT)
-            tracer.wait(10)
         finally:
+            if tracer is not None:  # stop recording before the lock is let go
+                os.killpg(tracer.pid, signal.SIGINT)
+                try:
+                    tracer.wait(10)
+                except subprocess.TimeoutExpired:
+                    tracer.kill()
+                    tracer.wait()
             daemon.stop()
     TRACE.write_bytes(gzip.compress(raw.read_bytes(), 9))
     blocks = load_trace()

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integrat
 import structlog
 from labdaemon import DaemonProcess
 
-from bench.benchlib import bench_config, figure, lab, lab_session, result, say, write_result
+from bench.benchlib import bench_config, figure, lab, lab_call, lab_session, result, say, write_result
 from callbackd.adapters.ami import AmiClient
 
 TARGET_INVITE_P99_MS = 500.0
@@ -114,27 +114,32 @@ def daemon_config(tmp: Path) -> Path:
     )
 
 
-async def drive(daemon: DaemonProcess, watch: Watch, numbers: list[str]) -> None:
-    """Place the calls; call k starts once call k-1 was abandoned and callback k-2 is over."""
+async def drive(daemon: DaemonProcess, watch: Watch, numbers: list[str]) -> list[str]:
+    """Place the calls; each starts once the previous caller has abandoned and every callback but
+    the previous one is over, so at the next abandon an operator is free. Returns failed calls."""
     calls: list[asyncio.Task[str]] = []
+
+    def abandoned() -> int:
+        return sum(1 for n in numbers if digits10(n) in watch.abandons)
+
+    def outcomes() -> int:
+        return len(daemon.events("attempt.outcome"))
+
     for k, number in enumerate(numbers):
         if k >= 1:
-            await wait_until(lambda k=k: digits10(numbers[k - 1]) in watch.abandons, 30, f"abandon {k}")
-        if k >= 2:
-            await wait_until(
-                lambda k=k: len(daemon.events("attempt.outcome")) >= k - 1, 60, f"outcome {k - 1}"
-            )
-        calls.append(
-            asyncio.create_task(
-                asyncio.to_thread(
-                    lab, "call", "--from", number, "--to", "101", "--hangup-after", str(HANGUP_AFTER)
-                )
-            )
-        )
+            prev, key = calls[-1], digits10(numbers[k - 1])
+            await wait_until(lambda p=prev, n=key: n in watch.abandons or p.done(), 30, f"abandon {k}")
+            await wait_until(lambda: outcomes() >= abandoned() - 1, 60, f"callbacks before call {k + 1}")
+        calls.append(asyncio.create_task(asyncio.to_thread(lab_call, number, "101", HANGUP_AFTER)))
         if (k + 1) % 25 == 0:
             say(f"    {k + 1} calls placed")
-    await asyncio.gather(*calls)
-    await wait_until(lambda: len(daemon.events("attempt.outcome")) >= len(numbers), 90, "the last outcomes")
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    failed = [n for n, r in zip(numbers, done, strict=True) if isinstance(r, BaseException)]
+    for n, r in zip(numbers, done, strict=True):
+        if isinstance(r, BaseException):
+            say(f"  the call from {n} failed: {r}")
+    await wait_until(lambda: outcomes() >= abandoned(), 90, "the last callbacks")
+    return failed
 
 
 async def wait_until(check: Any, timeout: float, what: str) -> None:
@@ -168,7 +173,7 @@ async def run(n_calls: int) -> dict[str, Any]:
             # Numbers ending in 6: the PSTN answers busy at once.
             numbers = [f"202555{k:03d}6" for k in range(n_calls)]
             t0 = time.monotonic()
-            await drive(daemon, watch, numbers)
+            failed = await drive(daemon, watch, numbers)
             took = time.monotonic() - t0
         finally:
             for op in OPERATORS:
@@ -179,7 +184,9 @@ async def run(n_calls: int) -> dict[str, Any]:
         invites: dict[str, float] = {}
         for op, path in traces.items():
             invites.update(read_invites(path, offsets[op]))
-        return measure(daemon, watch, invites, numbers, took, status)
+        res = measure(daemon, watch, invites, numbers, took, status)
+        res["details"]["failed_calls"] = failed
+        return res
 
 
 def measure(

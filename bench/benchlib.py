@@ -179,6 +179,25 @@ def lab(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> 
     return res.stdout
 
 
+def lab_call(number: str, to: str, hangup_after: float, *extra: str, tries: int = 3) -> str:
+    """``asterisk/lab call``, blocking until the call ends.
+
+    The tool prunes old call logs as each call starts, so two calls starting together can
+    race on a file one of them has just deleted; that call fails before it is placed, and
+    is tried again.
+    """
+    argv = ["call", "--from", number, "--to", to, "--hangup-after", str(hangup_after), *extra]
+    for attempt in range(tries):
+        try:
+            return lab(*argv, timeout=300)
+        except RuntimeError as exc:
+            if "No such file or directory" not in str(exc) or attempt == tries - 1:
+                raise
+            say(f"  asterisk/lab call from {number} failed before placing the call; again")
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 def lab_status() -> dict[str, Any]:
     res = subprocess.run([sys.executable, str(LAB_TOOL), "status", "--json"], capture_output=True, text=True)
     try:

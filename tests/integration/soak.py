@@ -84,7 +84,9 @@ attempts_per_hour = 5000
         work,
         extra=extra,
         replace={
-            'delays = ["1h", "3h", "6h"]': f'delays = ["2s", "4s"]\nmax_attempts = {MAX_ATTEMPTS}\nopening_spread = "10s"',
+            'delays = ["1h", "3h", "6h"]': (
+                f'delays = ["2s", "4s"]\nmax_attempts = {MAX_ATTEMPTS}\nopening_spread = "10s"'
+            ),
             'short_abandon = "5s"': f'short_abandon = "{SHORT}s"',
             '"mon-sun" = "00:00-24:00"': f'"mon-sun" = {hours}',
             'operator_ring = "10s"': 'operator_ring = "6s"',

@@ -33,5 +33,20 @@ def test_unit_has_the_promised_settings():
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
         "RestrictAddressFamilies=",
+        "RuntimeDirectory=callbackd",
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ):
         assert line in text, line
+
+
+def test_unit_exposure_stays_at_the_level_the_readme_states(tmp_path):
+    """README: "exposure level of 1.1 (OK)" with systemd 252; --threshold is that level times ten."""
+    unit = tmp_path / "callbackd.service"
+    unit.write_text(UNIT.read_text())
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=11", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
