@@ -99,7 +99,7 @@ class Watch:
                 self.abandons.setdefault(digits10(ev.get("CallerIDNum", "")), float(ev["Timestamp"]))
                 self.changed.notify_all()
         elif name == "Newchannel" and ev.get("Uniqueid", "").startswith("cbd-"):
-            self.channels.setdefault(digits10(ev.get("CallerIDNum", "")), float(ev["Timestamp"]))
+            self.channels.setdefault(ev["Uniqueid"], float(ev["Timestamp"]))
 
 
 def daemon_config(tmp: Path) -> Path:
@@ -197,7 +197,9 @@ def measure(
     took: float,
     status: dict,
 ) -> dict[str, Any]:
-    ringing = {digits10(e["number"]): iso_epoch(e["timestamp"]) for e in daemon.events("operator.ringing")}
+    ringing_events = daemon.events("operator.ringing")
+    ringing = {digits10(e["number"]): iso_epoch(e["timestamp"]) for e in ringing_events}
+    channel = {digits10(e["number"]): watch.channels.get(f"cbd-{e['attempt_id']}") for e in ringing_events}
     outcomes = sorted(iso_epoch(e["timestamp"]) for e in daemon.events("attempt.outcome"))
     started = sorted(ringing.values())
     to_originate, to_channel, to_invite, in_flight, missing = [], [], [], [], []
@@ -209,8 +211,8 @@ def measure(
             continue
         to_originate.append((ringing[key] - t0) * 1000)
         to_invite.append((invites[key] - t0) * 1000)
-        if key in watch.channels:
-            to_channel.append((watch.channels[key] - t0) * 1000)
+        if channel.get(key) is not None:
+            to_channel.append((channel[key] - t0) * 1000)
         in_flight.append(sum(1 for t in started if t < t0) - sum(1 for t in outcomes if t < t0))
     if missing:
         say(f"  {len(missing)} call(s) without an abandon, an Originate or an INVITE: {missing[:5]}")
@@ -221,6 +223,14 @@ def measure(
             "caller hang-up -> Originate sent",
             "ms",
             to_originate,
+            p99=True,
+            over=over,
+        ),
+        figure(
+            "reaction_channel_ms",
+            "caller hang-up -> operator channel created (Newchannel)",
+            "ms",
+            to_channel,
             p99=True,
             over=over,
         ),
@@ -245,7 +255,6 @@ def measure(
         seconds=round(took, 1),
         hangup_after_s=HANGUP_AFTER,
         callbacks_in_flight_at_abandon_max=max(in_flight) if in_flight else None,
-        abandon_to_operator_channel_ms=figure("channel", "", "ms", to_channel, p99=True),
         outcomes={
             o: sum(1 for e in daemon.events("attempt.outcome") if e.get("outcome") == o)
             for o in {e.get("outcome") for e in daemon.events("attempt.outcome")}

@@ -57,6 +57,11 @@ from callbackd.domain.phone import NumberRules, mask, parse_caller_id
 
 log = structlog.get_logger("callbackd")
 
+# Resync after a login: a PBX that is still booting may not answer the first tries.
+RESYNC_TRIES = 20
+RESYNC_RETRY_S = 2.0
+RESYNC_TIMEOUT_S = 5.0
+
 CLAIM_LEASE = timedelta(hours=2)
 # How often the status loop looks for a change worth rewriting the status file.
 STATUS_CHECK = 1.0
@@ -309,26 +314,40 @@ class Daemon:
     # -- AMI -------------------------------------------------------------------------
 
     async def on_login(self) -> None:
-        """After every (re)connect: resync operators and queues, then reconcile calls."""
-        try:
-            status = await self.ami.list_action({"Action": "QueueStatus"})
-            channels = await self.ami.list_action({"Action": "CoreShowChannels"})
-            self.pool.resync(status)
-            live = [e for e in channels if e.get("Event") == "CoreShowChannel"]
-            lost = self.detector.resync(live, status, utcnow())
-            if lost:
-                log.warning("calls.ended_unseen", count=len(lost), linkedids=[c.linkedid for c in lost][:20])
-            await self.dialer.reconcile(channel_ids(channels))
-            log.info(
-                "ami.resynced",
-                calls_followed=len(self.detector.calls),
-                members=len(self.pool.members),
-                free=len(self.pool.free(utcnow().timestamp())),
-                waiting=self.pool.callers_waiting(),
-                in_flight=len(self.dialer.runs),
-            )
-        except AmiError as exc:
-            log.warning("ami.resync_failed", error=str(exc))
+        """After every (re)connect: resync operators and queues, then reconcile calls.
+
+        Nothing is dialled until this succeeds. A PBX that is still starting answers
+        QueueStatus late or not at all, so the resync is retried while the link is up.
+        """
+        self.dialer.reconciled = False
+        for attempt in range(1, RESYNC_TRIES + 1):
+            try:
+                await self._resync()
+                return
+            except AmiError as exc:
+                log.warning("ami.resync_failed", error=str(exc), attempt=attempt)
+            if not self.ami.connected:
+                return  # the next login resyncs
+            await asyncio.sleep(RESYNC_RETRY_S)
+        log.error("ami.resync_gave_up", tries=RESYNC_TRIES, hint="dialling stays paused until the next login")
+
+    async def _resync(self) -> None:
+        status = await self.ami.list_action({"Action": "QueueStatus"}, timeout=RESYNC_TIMEOUT_S)
+        channels = await self.ami.list_action({"Action": "CoreShowChannels"}, timeout=RESYNC_TIMEOUT_S)
+        self.pool.resync(status)
+        live = [e for e in channels if e.get("Event") == "CoreShowChannel"]
+        lost = self.detector.resync(live, status, utcnow())
+        if lost:
+            log.warning("calls.ended_unseen", count=len(lost), linkedids=[c.linkedid for c in lost][:20])
+        await self.dialer.reconcile(channel_ids(channels))
+        log.info(
+            "ami.resynced",
+            calls_followed=len(self.detector.calls),
+            members=len(self.pool.members),
+            free=len(self.pool.free(utcnow().timestamp())),
+            waiting=self.pool.callers_waiting(),
+            in_flight=len(self.dialer.runs),
+        )
 
     def on_event(self, ev: dict[str, str]) -> None:
         now = utcnow()
