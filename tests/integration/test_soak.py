@@ -13,7 +13,7 @@ pytestmark = pytest.mark.lab
 
 async def test_soak_ci_sized(lab, tmp_path):
     report = await Soak(tmp_path, calls=40, kills=2, asterisk_restarts=1, seed=20261123).run(
-        rate=1.0, settle=240
+        rate=1.0, settle=420
     )
     print(json.dumps(report, indent=2))
     assert report["kills"] == 2 and report["asterisk_restarts"] == 1
