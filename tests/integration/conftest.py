@@ -123,3 +123,19 @@ def daemon_factory(tmp_path):
     yield start
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def fresh(lab):
+    """The lab's default state: every phone answers, no PSTN scripts, nobody paused."""
+    lab.operator("op1,op2", "answer")
+    lab.pstn("--reset")
+    lab.pstn("--ring", "0.5")
+    lab.pstn("--talk", "3")
+    for op in ("op1", "op2"):
+        lab.run("cli", f"queue unpause member PJSIP/{op} queue support")
+    yield
+    lab.operator("op1,op2", "answer")
+    lab.pstn("--ring", "0.5")
+    for op in ("op1", "op2"):
+        lab.run("cli", f"queue unpause member PJSIP/{op} queue support")

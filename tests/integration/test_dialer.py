@@ -14,21 +14,6 @@ from labdaemon import DaemonProcess, cli, lab_config, requests_json
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture
-def fresh(lab):
-    lab.operator("op1,op2", "answer")
-    lab.pstn("--reset")
-    lab.pstn("--ring", "0.5")
-    lab.pstn("--talk", "3")
-    for op in ("op1", "op2"):
-        lab.run("cli", f"queue unpause member PJSIP/{op} queue support")
-    yield
-    lab.operator("op1,op2", "answer")
-    lab.pstn("--ring", "0.5")
-    for op in ("op1", "op2"):
-        lab.run("cli", f"queue unpause member PJSIP/{op} queue support")
-
-
 async def wait(daemon, name, timeout=30, **match):
     return await asyncio.to_thread(daemon.wait_for, name, timeout, **match)
 

@@ -32,15 +32,9 @@ def timestamped(lab):
 
 
 @pytest.fixture
-def fresh(lab, timestamped):
-    lab.operator("op1,op2", "answer")
-    lab.pstn("--reset")
-    lab.pstn("--ring", "0.5")
-    lab.pstn("--talk", "3")
-    for op in ("op1", "op2"):
-        lab.run("cli", f"queue unpause member PJSIP/{op} queue support")
-    yield
-    lab.pstn("--ring", "0.5")
+def fresh(fresh, timestamped):
+    """conftest's default lab state, on a lab whose events carry timestamps."""
+    return
 
 
 def free_port() -> int:
