@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.benchlib import (
     DATA,
+    IDLE,
     LAB_CONFIG,
     OUT,
     ROOT,
@@ -584,7 +585,8 @@ def bound_note(
     )
     if prof:
         pk = ", ".join(f"{p['package']} {100 * p['share']:.0f} %" for p in prof["by_package"][:5])
-        fn = "; ".join(f"{f['function']} ({f['where']})" for f in prof["top_self_time"][:4])
+        busy = [f for f in prof["top_self_time"] if f["function"] not in IDLE]
+        fn = "; ".join(f"{f['function']} ({f['where']}) {100 * f['share']:.0f} %" for f in busy[:4])
         text += f" Profile ({prof['tool']}, {prof['tree']}), main thread by package: {pk};"
         text += f" top functions: {fn}."
     return text

@@ -319,6 +319,7 @@ async def postgres(n_claims: int) -> dict[str, Any] | str:
 
 def figures(sq: dict[str, Any], pg: dict[str, Any] | str, poll: float) -> list[dict[str, Any]]:
     scans = sum(len(p["full_scans"]) for p in sq["plans"])
+    n_plans = len(sq["plans"]) + (len(pg["plans"]) if isinstance(pg, dict) else 0)
     claim_uses = any(p["uses_index"] for p in sq["plans"])
     figs = [
         figure(
@@ -348,11 +349,12 @@ def figures(sq: dict[str, Any], pg: dict[str, Any] | str, poll: float) -> list[d
     figs.append(
         figure(
             "claim_full_scans",
-            f"full scans of requests in claim + unclaim ({INDEX} used: {'yes' if claim_uses else 'NO'})",
+            f"full scans of requests in the claim's and unclaim's statements (the claim uses {INDEX}:"
+            f" {'yes' if claim_uses else 'NO'})",
             "scans",
             [scans],
             target=("<=", 0),
-            over="query plans",
+            over=f"{n_plans} query plans",
             digits=0,
         )
     )

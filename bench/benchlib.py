@@ -344,7 +344,11 @@ def top_frames(session: Any, n: int = 15) -> tuple[list[dict[str, Any]], list[di
             stack.extend(frame.children)
             continue
         owner = frame.parent if frame.is_synthetic and frame.parent is not None else frame
-        key = (owner.function or "?", f"{owner.file_path_short or ''}:{owner.line_no or ''}")
+        where = f"{owner.file_path_short or ''}:{owner.line_no or ''}"
+        if (owner.file_path_short or "<").startswith("<"):  # a built-in: say who called it
+            caller = owner.parent
+            where = f"built-in, from {caller.file_path_short if caller is not None else '?'}"
+        key = (owner.function or "?", where)
         by_function[key] = by_function.get(key, 0.0) + frame.time
         if owner.function in IDLE:
             package = "idle (waiting for I/O)"
