@@ -133,7 +133,8 @@ def fresh(lab):
     lab.pstn("--ring", "0.5")
     lab.pstn("--talk", "3")
     for op in ("op1", "op2"):
-        lab.run("cli", f"queue unpause member PJSIP/{op} queue support")
+        for queue in ("support", "sales"):
+            lab.run("cli", f"queue unpause member PJSIP/{op} queue {queue}")
     yield
     lab.operator("op1,op2", "answer")
     lab.pstn("--ring", "0.5")
