@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
 DATA = BENCH / "data"
+PROFILES = BENCH / "profiles"  # call trees of the runs that missed a target
 LAB_TOOL = ROOT / "asterisk" / "lab"
 LAB_CONFIG = ROOT / "asterisk" / "callbackd-lab.toml"
 # The lock the integration tests hold while they use the lab (tests/integration/conftest.py).
@@ -372,9 +373,9 @@ def top_frames(session: Any, n: int = 15) -> tuple[list[dict[str, Any]], list[di
 
 
 def save_profile(profiler: Any, name: str) -> dict[str, Any]:
-    """Write the call tree to bench/out/profile-NAME.txt; return the top frames for results.json."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"profile-{name}.txt"
+    """Write the call tree to bench/profiles/NAME.txt; return the top frames for results.json."""
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    path = PROFILES / f"{name}.txt"
     path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
     session = profiler.last_session
     functions, packages = top_frames(session)
