@@ -165,6 +165,10 @@ class Store:
                     if contact.comment:
                         req.note = (req.note + "\n" + contact.comment).strip()[:4000]
                     req.updated_at = contact.at
+                    if req.status == RequestStatus.OPEN:  # a request being dialled gets its due at the end
+                        req.due_at = self.schedule.merged_due(
+                            req.due_at, contact.at, contact.preferred_at, spread_key=str(decision.number)
+                        )
                     merged = True
                 await s.flush()
                 row.request_id = req.id

@@ -128,3 +128,22 @@ class Schedule:
         if due > _utc(created_at, "created_at") + self.max_age:
             return None
         return due
+
+    def merged_due(
+        self,
+        due_at: datetime | None,
+        contact_at: datetime,
+        preferred_at: datetime | None = None,
+        spread_key: str = "",
+    ) -> datetime | None:
+        """The due time of an open request once a new contact merges into it.
+
+        The earliest need wins: a missed call merging into a web lead asked for six days
+        ahead is called back as soon as a fresh contact would be, never later than before.
+        """
+        fresh = self.due_at(0, None, contact_at, preferred_at=preferred_at, spread_key=spread_key)
+        if fresh is None:
+            return due_at
+        if due_at is None:
+            return fresh
+        return min(due_at, fresh)

@@ -6,7 +6,11 @@ from datetime import timedelta
 import pytest
 
 from callbackd.adapters import db
+from callbackd.adapters.store import Store
+from callbackd.app import CLAIM_LEASE
+from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.intake import Contact, Disposition, IntakeRules, Source, decide
+from callbackd.domain.ladder import Schedule
 from callbackd.domain.outcomes import Outcome
 from callbackd.domain.states import AttemptStatus, RequestEvent, RequestStatus
 
@@ -56,6 +60,32 @@ async def test_contact_is_stored_once_and_merges_into_one_open_request(store, no
     assert req.contact_count == 2 and req.sources == ["ami", "http"] and len(contacts) == 2
     assert req.status == RequestStatus.OPEN and req.due_at == now
     assert len(await store.list_requests()) == 1
+
+
+async def test_a_missed_call_pulls_a_later_web_lead_in(db_url, now):
+    """Regression: a merge never moved the due time earlier, so a lead wanted six days
+    ahead parked a real abandon from the same number for six days."""
+    engine = db.make_engine(db_url)
+    await db.upgrade(engine)
+    schedule = Schedule(calendar=BusinessCalendar.always_open("UTC"), max_age=timedelta(days=7))
+    store = Store(engine, node="test-node", schedule=schedule, claim_lease=CLAIM_LEASE)
+    try:
+        web = dict(source=Source.HTTP, reason="web_form")
+        lead = await add(store, contact("form-1", at=now, preferred_at=now + timedelta(days=6), **web))
+        req, _, _ = await store.get_request(lead.request_id)
+        assert req.due_at == now + timedelta(days=6)
+        call = await add(store, contact("L1", at=now + timedelta(minutes=5)))
+        assert call.merged and call.request_id == lead.request_id
+        req, _, _ = await store.get_request(lead.request_id)
+        assert req.due_at == now + timedelta(minutes=5)
+        # A later lead asking for another day does not push the call back out.
+        later = contact("form-2", at=now + timedelta(minutes=9), preferred_at=now + timedelta(days=1), **web)
+        assert (await add(store, later)).merged
+        req, _, _ = await store.get_request(lead.request_id)
+        assert req.due_at == now + timedelta(minutes=5) and req.contact_count == 3
+        assert [r.id for r in await store.claim_due(now + timedelta(minutes=5), 5)] == [lead.request_id]
+    finally:
+        await engine.dispose()
 
 
 async def test_contacts_that_do_not_schedule_create_no_request(store, now):

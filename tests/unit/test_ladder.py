@@ -179,6 +179,20 @@ def test_preferred_time_is_honoured_for_the_first_attempt_only() -> None:
     assert schedule.due_at(1, CREATED, CREATED, preferred_at=preferred) == CREATED + H
 
 
+def test_a_merge_keeps_the_earliest_need() -> None:
+    schedule = Schedule(calendar=OFFICE, max_age=timedelta(days=7))
+    six_days = CREATED + timedelta(days=6)
+    # A missed call at 09:30 pulls a lead wanted six days ahead in to now.
+    assert schedule.merged_due(six_days, CREATED) == CREATED
+    # A contact that could wait longer never pushes an earlier due time out.
+    assert schedule.merged_due(CREATED + H, CREATED, preferred_at=six_days) == CREATED + H
+    # After hours the pull-in stops at the next opening, like a fresh contact's due time.
+    evening = berlin(2024, 6, 3, 19, 0)
+    assert schedule.merged_due(six_days, evening, spread_key="k") == schedule.due_at(
+        0, None, evening, spread_key="k"
+    )
+
+
 def test_preferred_time_outside_hours_moves_to_opening() -> None:
     schedule = Schedule(calendar=OFFICE)
     preferred = berlin(2024, 6, 3, 20, 0)
