@@ -171,7 +171,11 @@ class Daemon:
             await db.upgrade(engine)
             log.info("db.migrated", revision=await db.current_revision(engine))
             self.store = Store(
-                engine, node=self.cfg.node, schedule=self.cfg.schedule_rules(), claim_lease=CLAIM_LEASE
+                engine,
+                node=self.cfg.node,
+                pbx=self.cfg.pbx_identity(),
+                schedule=self.cfg.schedule_rules(),
+                claim_lease=CLAIM_LEASE,
             )
             a = self.cfg.ami
             self.ami = AmiClient(

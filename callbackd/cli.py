@@ -65,7 +65,13 @@ async def _with_store(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
 
     engine = db.make_engine(cfg.database.url)
     try:
-        store = Store(engine, node=cfg.node, schedule=cfg.schedule_rules(), claim_lease=CLAIM_LEASE)
+        store = Store(
+            engine,
+            node=cfg.node,
+            pbx=cfg.pbx_identity(),
+            schedule=cfg.schedule_rules(),
+            claim_lease=CLAIM_LEASE,
+        )
         return await fn(store)
     finally:
         await engine.dispose()

@@ -418,11 +418,18 @@ class Config(_Section):
     reports: ReportsConfig = ReportsConfig()
     service: ServiceConfig = ServiceConfig()
     node: str = Field(default_factory=lambda: os.uname().nodename)
+    # The Asterisk this daemon watches: calls and contacts are unique per PBX, since two servers
+    # on one database can raise the same Linkedid. "" means the node name; a standby daemon on
+    # the same Asterisk sets the same value as the main one.
+    pbx: str = Field("", max_length=64)
 
     # -- domain objects built from the config ------------------------------------------
 
     def schedule_rules(self):
         return build_schedule(self.schedule)
+
+    def pbx_identity(self) -> str:
+        return self.pbx or self.node
 
     def ami_secret(self) -> str:
         """Environment first, then the credentials file, then the config file."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel, SecretStr
 from callbackd.config import Config
 
 # Top-level keys whose change needs a restart: connections, listeners, the report scheduler.
-RESTART_SECTIONS = ("ami", "database", "agi", "http", "mqtt", "reports", "node")
+RESTART_SECTIONS = ("ami", "database", "agi", "http", "mqtt", "reports", "node", "pbx")
 # The operator pool is built once from these.
 RESTART_KEYS = ("dialer.queues", "dialer.wrapup")
 

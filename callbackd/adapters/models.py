@@ -52,7 +52,7 @@ class Call(Base):
 
     __tablename__ = "calls"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    linkedid: Mapped[str] = mapped_column(String(64), unique=True)
+    linkedid: Mapped[str] = mapped_column(String(64))
     caller_num: Mapped[str] = mapped_column(String(64), default="")
     number: Mapped[str | None] = mapped_column(String(20), index=True)
     caller_name: Mapped[str] = mapped_column(String(80), default="")
@@ -67,6 +67,10 @@ class Call(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # answered | missed
     miss_reason: Mapped[str | None] = mapped_column(String(24))
     node: Mapped[str] = mapped_column(String(64), default="")
+    # Asterisk's Linkedids (<epoch>.<counter>) repeat across servers: unique per PBX only.
+    pbx: Mapped[str] = mapped_column(String(64), default="")
+
+    __table_args__ = (UniqueConstraint("pbx", "linkedid", name="uq_calls_pbx_linkedid"),)
 
 
 class Request(Base):
@@ -106,7 +110,10 @@ class Request(Base):
 
 
 class Contact(Base):
-    """Each missed contact as it arrived, stored exactly once per (source, source_ref)."""
+    """Each missed contact as it arrived, stored exactly once per (pbx, source, source_ref).
+
+    ``pbx`` is empty for sources whose refs are not a PBX's (web leads, the CLI).
+    """
 
     __tablename__ = "contacts"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -122,8 +129,9 @@ class Contact(Base):
     disposition: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str] = mapped_column(String(120), default="")
     request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
+    pbx: Mapped[str] = mapped_column(String(64), default="")
 
-    __table_args__ = (UniqueConstraint("source", "source_ref", name="uq_contacts_source_ref"),)
+    __table_args__ = (UniqueConstraint("pbx", "source", "source_ref", name="uq_contacts_pbx_source_ref"),)
 
 
 class Attempt(Base):

@@ -137,7 +137,9 @@ def _request_status():
     return (
         select(m.Request.status)
         .join_from(m.Contact, m.Request, m.Request.id == m.Contact.request_id)
-        .where(m.Contact.source == "ami", m.Contact.source_ref == m.Call.linkedid)
+        .where(
+            m.Contact.pbx == m.Call.pbx, m.Contact.source == "ami", m.Contact.source_ref == m.Call.linkedid
+        )
         .correlate(m.Call)
         .scalar_subquery()
     )
@@ -205,7 +207,11 @@ def requests_query(start: datetime, end: datetime, dialect: str, *, with_queue: 
     if with_queue:
         queue = (
             select(m.Call.queue)
-            .join_from(m.Contact, m.Call, m.Call.linkedid == m.Contact.source_ref)
+            .join_from(
+                m.Contact,
+                m.Call,
+                and_(m.Call.pbx == m.Contact.pbx, m.Call.linkedid == m.Contact.source_ref),
+            )
             .where(m.Contact.request_id == m.Request.id, m.Contact.source == "ami")
             .order_by(m.Contact.at, m.Contact.id)
             .limit(1)

@@ -19,7 +19,7 @@ from callbackd.adapters import models as m
 from callbackd.adapters.db import sessionmaker
 from callbackd.domain.detection import CALLBACK_CHANNEL_PREFIX, CallTrack
 from callbackd.domain.errors import IllegalTransition
-from callbackd.domain.intake import Contact, Decision, Disposition
+from callbackd.domain.intake import Contact, Decision, Disposition, dedup_scope
 from callbackd.domain.ladder import Schedule
 from callbackd.domain.outcomes import Outcome, verdict
 from callbackd.domain.phone import sanitize_caller_name
@@ -84,9 +84,19 @@ def _apply(req: m.Request, event: RequestEvent, now: datetime) -> None:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, *, node: str, schedule: Schedule, claim_lease: timedelta) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        node: str,
+        schedule: Schedule,
+        claim_lease: timedelta,
+        pbx: str | None = None,
+    ) -> None:
         self.engine = engine
         self.node = node
+        # The Asterisk this daemon watches; its Linkedids and Uniqueids are unique only there.
+        self.pbx = node if pbx is None else pbx
         self.schedule = schedule
         self.claim_lease = claim_lease
         self._session = sessionmaker(engine)
@@ -102,34 +112,34 @@ class Store:
             try:
                 return await self._record_contact(contact, decision)
             except IntegrityError as exc:
-                if "uq_contacts_source_ref" in str(exc) or "contacts.source" in str(exc):
+                if "uq_contacts_pbx_source_ref" in str(exc) or "contacts.source_ref" in str(exc):
                     return await self._existing_contact(contact)
                 continue
         return await self._record_contact(contact, decision)
 
+    def _same_contact(self, contact: Contact):
+        return (
+            m.Contact.pbx == dedup_scope(contact.source, self.pbx),
+            m.Contact.source == contact.source.value,
+            m.Contact.source_ref == contact.source_ref[:128],
+        )
+
     async def _existing_contact(self, contact: Contact) -> ContactResult:
         async with self.session() as s:
-            row = (
-                await s.execute(
-                    select(m.Contact).where(
-                        m.Contact.source == contact.source.value, m.Contact.source_ref == contact.source_ref
-                    )
-                )
-            ).scalar_one()
+            row = (await s.execute(select(m.Contact).where(*self._same_contact(contact)))).scalar_one()
             return ContactResult(row.id, row.request_id, duplicate=True)
 
     async def _record_contact(self, contact: Contact, decision: Decision) -> ContactResult:
         async with self.session() as s, s.begin():
             seen = (
                 await s.execute(
-                    select(m.Contact.id, m.Contact.request_id).where(
-                        m.Contact.source == contact.source.value, m.Contact.source_ref == contact.source_ref
-                    )
+                    select(m.Contact.id, m.Contact.request_id).where(*self._same_contact(contact))
                 )
             ).first()
             if seen is not None:
                 return ContactResult(seen.id, seen.request_id, duplicate=True)
             row = m.Contact(
+                pbx=dedup_scope(contact.source, self.pbx),
                 source=contact.source.value,
                 source_ref=contact.source_ref[:128],
                 raw_number=contact.raw_number[:64],
@@ -215,6 +225,7 @@ class Store:
         async with self.session() as s:
             s.add(
                 m.Call(
+                    pbx=self.pbx,
                     linkedid=call.linkedid,
                     caller_num=call.caller_num[:64],
                     number=number,

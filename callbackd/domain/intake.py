@@ -29,6 +29,16 @@ class Source(StrEnum):
 WEB_SOURCES = frozenset({Source.HTTP, Source.MQTT})
 
 
+# Their refs (Linkedid, Uniqueid) are unique only within one Asterisk: two servers on one
+# database may both have a call 1764500000.42. A web lead's id means the same whoever reads it.
+PBX_SOURCES = frozenset({Source.AMI, Source.AGI})
+
+
+def dedup_scope(source: Source, pbx: str) -> str:
+    """The PBX part of a contact's dedup key: the PBX's identity, or "" for web and CLI sources."""
+    return pbx if source in PBX_SOURCES else ""
+
+
 class Disposition(StrEnum):
     SCHEDULE = "schedule"  # create or merge into the open request and call back
     ANONYMOUS = "anonymous"  # stored as a contact, nobody to call
