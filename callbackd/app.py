@@ -392,7 +392,9 @@ class Daemon:
         if self.cfg.mqtt.enabled:
             from callbackd.adapters.mqtt import MqttIntake
 
-            mqtt = self._mqtt = MqttIntake(self.cfg.mqtt, self.submit, self.rules)
+            mqtt = self._mqtt = MqttIntake(
+                self.cfg.mqtt, self.submit, self.rules, client_id=self.cfg.mqtt_client_id()
+            )
             mqtt.start()
             stack.push_async_callback(mqtt.stop)
 

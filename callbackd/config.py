@@ -301,8 +301,15 @@ def _topic(v: str, *, wildcards: bool) -> str:
     return v
 
 
+_MAX_SESSION_EXPIRY = timedelta(seconds=0xFFFFFFFE)  # 0xFFFFFFFF would mean "never expires"
+
+
 class MqttConfig(_Section):
-    """Lead forms published to a broker; replies go to the message's response topic or reply_topic."""
+    """Lead forms published to a broker; replies go to the message's response topic or reply_topic.
+
+    The broker keeps a persistent session for ``client_id``, so leads published while the
+    daemon is down are delivered when it is back, and a lead is acknowledged only once stored.
+    """
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -312,8 +319,16 @@ class MqttConfig(_Section):
     topic: str = "callbackd/leads"
     # "" sends no replies except to MQTT v5 messages that name a response topic.
     reply_topic: str = "callbackd/leads/reply"
-    client_id: str = ""  # "" lets the broker assign one
-    qos: int = Field(1, ge=0, le=2)
+    # A v5 message's ResponseTopic is honoured only under this prefix (unset: reply_topic), so a
+    # publisher cannot make the daemon publish, with its broker rights, anywhere else.
+    response_prefix: str | None = None
+    # The persistent session's name on the broker; "" means "callbackd-<node>". Keep it fixed.
+    client_id: str = ""
+    # How long the broker keeps the session (and queues leads) while the daemon is away.
+    session_expiry: Duration = Field(timedelta(days=1), ge=timedelta(seconds=1), le=_MAX_SESSION_EXPIRY)
+    # 1: every lead is acknowledged after it is stored. 2 is refused: its in-flight state lives
+    # in the client's memory, so a lead received just before a crash would be lost.
+    qos: int = Field(1, ge=0, le=1)
     reconnect_max: Duration = timedelta(seconds=60)
 
     @field_validator("topic")
@@ -325,6 +340,16 @@ class MqttConfig(_Section):
     @classmethod
     def _name(cls, v: str) -> str:
         return _topic(v, wildcards=False) if v else v
+
+    @field_validator("response_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        return _topic(v, wildcards=False) if v else v  # "" honours no response topic
+
+    def allows_response_topic(self, topic: str) -> bool:
+        """Whether a reply may go to a message's own ResponseTopic: the prefix or a level below it."""
+        prefix = (self.reply_topic if self.response_prefix is None else self.response_prefix).rstrip("/")
+        return bool(prefix) and (topic == prefix or topic.startswith(prefix + "/"))
 
 
 class ScheduledReportConfig(_Section):
@@ -430,6 +455,9 @@ class Config(_Section):
 
     def pbx_identity(self) -> str:
         return self.pbx or self.node
+
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or f"callbackd-{self.node}"
 
     def ami_secret(self) -> str:
         """Environment first, then the credentials file, then the config file."""

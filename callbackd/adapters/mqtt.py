@@ -3,14 +3,24 @@
 aiomqtt 2 does not reconnect, so :meth:`MqttIntake.run` builds a new client for
 every attempt and backs off between them. Nothing a publisher sends can end the
 loop: every payload gets a reply and a log line, never an exception.
+
+No lead is lost: the broker keeps a persistent session under a fixed client id
+(clean start off, a session expiry), and a QoS 1 lead is acknowledged only once
+stored or refused, so one received just before a crash or a cut is delivered
+again. aiomqtt 2 always acknowledges on receipt; paho, underneath, can leave
+the PUBACK to the application (``manual_ack``), which aiomqtt does not expose yet
+(empicano/aiomqtt#345), so :func:`_manual_acks` reaches paho's client for it.
+Redeliveries are stored once: by the lead's ``id``, or by a hash of the payload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -32,6 +42,20 @@ log = structlog.get_logger("callbackd.mqtt")
 INTERNAL_ERROR = "could not store the request; send it again later"
 
 
+class NotStored(Exception):
+    """A lead that was neither stored nor refused: left unacknowledged for the broker to resend."""
+
+
+def _manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], None]:
+    """Turn paho's automatic PUBACK off; the function returned acknowledges one message.
+
+    Must run before connecting: a persistent session's queued leads arrive right after CONNACK.
+    """
+    paho = client._client  # private: see the module docstring
+    paho.manual_ack_set(True)
+    return lambda message: paho.ack(message.mid, message.qos)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -43,12 +67,18 @@ class MqttIntake:
         submit: Submit,
         rules: IntakeRules,
         *,
+        client_id: str = "",
         backoff_initial: float = 1.0,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.cfg = cfg
         self.submit = submit
         self.rules = rules
+        # Without a fixed id the broker cannot keep a session for us, so none is asked for.
+        self.client_id = client_id or cfg.client_id
+        self.persistent = bool(self.client_id)
+        if not self.persistent:
+            self.client_id = f"callbackd-{uuid.uuid4().hex}"
         self.backoff_initial = backoff_initial
         self.clock = clock
         self.connected = asyncio.Event()  # set while subscribed; tests and health checks wait on it
@@ -60,11 +90,23 @@ class MqttIntake:
 
     async def handle_payload(self, payload: bytes) -> dict[str, Any]:
         """Parse, decide, store; the reply to publish. Never raises (except on cancellation)."""
+        reply, _settled = await self._handle(payload)
+        return reply
+
+    async def _handle(self, payload: bytes) -> tuple[dict[str, Any], bool]:
+        """The reply, and whether the lead is settled (stored or refused) and may be acknowledged."""
         form: LeadForm | None = None
+        settled = True
         try:
             form = parse_lead(payload)
             accepted = await submit_lead(
-                form, source=Source.MQTT, rules=self.rules, submit=self.submit, now=self.clock()
+                form,
+                source=Source.MQTT,
+                rules=self.rules,
+                submit=self.submit,
+                now=self.clock(),
+                # A lead without an id is known by its content, so a redelivery is stored once.
+                fallback_key="sha256:" + hashlib.sha256(payload).hexdigest(),
             )
             reply: dict[str, Any] = {"ok": True, "request_id": accepted.request_id, "status": accepted.status}
         except LeadRefused as exc:
@@ -73,24 +115,31 @@ class MqttIntake:
         except Exception:
             log.exception("lead.failed", source="mqtt")
             reply = {"ok": False, "error": INTERNAL_ERROR, "code": "internal"}
+            settled = False
         if form is not None and form.id is not None:
             reply["id"] = form.id  # lets senders sharing one reply topic match replies
-        return reply
+        return reply, settled
 
     # -- connection loop -------------------------------------------------------------
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> tuple[aiomqtt.Client, Callable[[aiomqtt.Message], None]]:
         c = self.cfg
-        return aiomqtt.Client(
+        session = Properties(PacketTypes.CONNECT)
+        session.SessionExpiryInterval = int(c.session_expiry.total_seconds()) if self.persistent else 0
+        client = aiomqtt.Client(
             c.host,
             c.port,
             username=c.username,
             password=c.password.get_secret_value() if c.password is not None else None,
-            identifier=c.client_id or None,
+            identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
+            # Resume the session the broker kept (aiomqtt's default starts clean on first connect).
+            clean_start=not self.persistent,
+            properties=session,
             timeout=10,
             keepalive=30,
         )
+        return client, _manual_acks(client)
 
     def start(self) -> asyncio.Task[None]:
         """Run in the background; the task is kept here so :meth:`stop` can end it."""
@@ -101,19 +150,34 @@ class MqttIntake:
         """Connect, subscribe and handle messages until :meth:`stop`; reconnect on any failure."""
         self._task = asyncio.current_task()
         delay = self.backoff_initial
+        unsettled = False  # the last connection ended on a lead that could not be stored
         while not self._stopping:
             try:
-                async with self._client() as client:
+                client, ack = self._client()
+                async with client:
                     await self._subscribe(client)
-                    delay = self.backoff_initial
+                    if not unsettled:
+                        delay = self.backoff_initial
                     self.connected.set()
-                    log.info("mqtt.subscribed", host=self.cfg.host, port=self.cfg.port, topic=self.cfg.topic)
+                    log.info(
+                        "mqtt.subscribed",
+                        host=self.cfg.host,
+                        port=self.cfg.port,
+                        topic=self.cfg.topic,
+                        client_id=self.client_id,
+                    )
                     async for message in client.messages:
                         async with self._busy:
-                            await self._on_message(client, message)
+                            await self._on_message(client, message, ack)
+                        if unsettled:
+                            unsettled, delay = False, self.backoff_initial
                 error = "connection closed"
             except aiomqtt.MqttError as exc:
                 error = str(exc) or type(exc).__name__
+            except NotStored as exc:
+                # Reconnecting is what makes the broker send an unacknowledged lead again;
+                # the backoff keeps growing while the same lead keeps failing.
+                error, unsettled = str(exc), True
             except Exception as exc:  # a bug must not end the intake for good
                 log.exception("mqtt.loop_failed")
                 error = repr(exc)
@@ -144,7 +208,9 @@ class MqttIntake:
             if value >= 0x80:
                 raise aiomqtt.MqttError(f"subscription to {self.cfg.topic!r} refused: {code}")
 
-    async def _on_message(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    async def _on_message(
+        self, client: aiomqtt.Client, message: aiomqtt.Message, ack: Callable[[aiomqtt.Message], None]
+    ) -> None:
         raw = message.payload
         if isinstance(raw, bytes | bytearray):
             payload = bytes(raw)
@@ -152,9 +218,12 @@ class MqttIntake:
             payload = raw.encode()
         else:
             payload = b"" if raw is None else str(raw).encode()
-        reply = await self.handle_payload(payload)
+        reply, settled = await self._handle(payload)
+        if not settled:
+            raise NotStored("a lead could not be stored; it stays with the broker")
+        ack(message)
         props = message.properties
-        topic = getattr(props, "ResponseTopic", None) or self.cfg.reply_topic
+        topic = self._reply_topic(getattr(props, "ResponseTopic", None))
         if not topic:
             return
         out = None
@@ -166,6 +235,14 @@ class MqttIntake:
             await client.publish(topic, json.dumps(reply), qos=self.cfg.qos, properties=out)
         except ValueError as exc:  # a response topic with wildcards, or other unusable topic
             log.warning("mqtt.reply_failed", topic=topic[:200], error=str(exc))
+
+    def _reply_topic(self, asked: str | None) -> str | None:
+        if not asked:
+            return self.cfg.reply_topic or None
+        if self.cfg.allows_response_topic(asked):
+            return asked
+        log.warning("mqtt.response_topic_refused", topic=asked[:200])
+        return None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Let the message in hand finish (up to ``grace`` seconds), then leave the loop."""

@@ -128,8 +128,9 @@ def parse_lead(data: bytes) -> LeadForm:
         raise LeadRefused("malformed", describe(exc)) from None
 
 
-def to_contact(form: LeadForm, source: Source, now: datetime) -> Contact:
-    key = form.id or uuid.uuid4().hex
+def to_contact(form: LeadForm, source: Source, now: datetime, fallback_key: str | None = None) -> Contact:
+    """The lead as a contact; ``fallback_key`` names a lead without ``id`` (else it is always new)."""
+    key = form.id or fallback_key or uuid.uuid4().hex
     ref = f"{form.source}:{key}" if form.source else key
     if len(ref) > _SOURCE_REF_MAX:
         # The store cuts longer refs, which could make two different ids look alike.
@@ -147,10 +148,16 @@ def to_contact(form: LeadForm, source: Source, now: datetime) -> Contact:
 
 
 async def submit_lead(
-    form: LeadForm, *, source: Source, rules: IntakeRules, submit: Submit, now: datetime
+    form: LeadForm,
+    *,
+    source: Source,
+    rules: IntakeRules,
+    submit: Submit,
+    now: datetime,
+    fallback_key: str | None = None,
 ) -> LeadAccepted:
     """Store a lead that will be called back; raise :class:`LeadRefused` for any other."""
-    contact = to_contact(form, source, now)
+    contact = to_contact(form, source, now, fallback_key)
     decision = decide(contact, rules)
     match decision.disposition:
         case Disposition.SCHEDULE:

@@ -70,7 +70,15 @@ def test_a_secret_in_a_world_readable_file_is_refused(tmp_path, section):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("topic", ""), ("topic", "a/#/b"), ("topic", "a/b+"), ("reply_topic", "a/+"), ("qos", 3)],
+    [
+        ("topic", ""),
+        ("topic", "a/#/b"),
+        ("topic", "a/b+"),
+        ("reply_topic", "a/+"),
+        ("qos", 2),
+        ("response_prefix", "a/#"),
+        ("session_expiry", "0s"),
+    ],
 )
 def test_bad_mqtt_settings_are_refused(tmp_path, key, value):
     line = f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}"
