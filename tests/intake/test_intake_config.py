@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from callbackd import config as config_mod
-from callbackd.config import HTTP_TOKEN_ENV, Config, ConfigError
+from callbackd.config import HTTP_TOKEN_ENV, Config, ConfigError, MqttConfig
 
 SHIPPED = Path(__file__).parents[2] / "config" / "callbackd.toml"
 TOKEN = "0123456789abcdef0123"
@@ -93,3 +94,20 @@ def test_shipped_sections_are_valid_when_uncommented(monkeypatch):
     data = tomllib.loads(head + tail.replace("# [http]", "[http]", 1))
     cfg = Config.model_validate(data)
     assert cfg.http.enabled and cfg.mqtt.enabled and cfg.mqtt.password is not None
+
+
+def test_response_topics_are_honoured_only_under_the_prefix():
+    default = MqttConfig(reply_topic="site/replies")
+    assert default.allows_response_topic("site/replies")
+    assert default.allows_response_topic("site/replies/browser-7")
+    assert not default.allows_response_topic("site/replies-evil")
+    assert not default.allows_response_topic("$SYS/broker")
+    own = MqttConfig(reply_topic="", response_prefix="web/out/")
+    assert own.allows_response_topic("web/out/x") and not own.allows_response_topic("site/replies/x")
+    assert not MqttConfig(response_prefix="").allows_response_topic("callbackd/leads/reply")
+
+
+def test_the_mqtt_client_id_is_fixed_per_node():
+    assert Config(node="pbx1").mqtt_client_id() == "callbackd-pbx1"
+    assert Config(node="pbx1", mqtt=MqttConfig(client_id="leads-a")).mqtt_client_id() == "leads-a"
+    assert MqttConfig().session_expiry == timedelta(days=1) and MqttConfig().qos == 1

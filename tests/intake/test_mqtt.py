@@ -141,6 +141,37 @@ async def test_v5_response_topic_and_correlation_data_are_honoured(topics, submi
     assert json.loads(message.payload)["status"] == "created"
 
 
+async def test_a_response_topic_outside_the_prefix_is_refused(topics, submit, lead_store):
+    """Regression: any publisher could make the daemon publish, with its rights, to any topic."""
+    topic, reply_topic = topics
+    outside = f"{reply_topic}-not-under-it"
+    with capture_logs() as logs:
+        async with running(config(topic, reply_topic), submit), peer(outside) as client:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = outside
+            await client.publish(
+                topic, json.dumps({"phone": "2025550123", "id": "r-1"}), qos=1, properties=props
+            )
+            await until(lambda: any(e["event"] == "mqtt.response_topic_refused" for e in logs))
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await anext(aiter(client.messages))
+    [refused] = [e for e in logs if e["event"] == "mqtt.response_topic_refused"]
+    assert refused["topic"] == outside
+    assert await counts(lead_store) == (1, 1)  # the lead itself is stored; only the reply is refused
+
+
+async def test_a_lead_without_id_sent_again_is_stored_once(topics, submit, lead_store):
+    """Regression: a lead without id got a random ref, so a redelivery was a second contact."""
+    topic, reply_topic = topics
+    body = {"phone": "2025550123", "comment": "call me"}
+    async with running(config(topic, reply_topic), submit), peer(reply_topic) as client:
+        first = await ask(client, topic, body)
+        again = await ask(client, topic, body)
+    assert (first["status"], again["status"]) == ("created", "duplicate")
+    assert await counts(lead_store) == (1, 1)
+
+
 async def test_a_reply_topic_we_listen_on_does_not_loop(topics, submit, lead_store):
     topic, _ = topics
     # Replies land on the lead topic itself: without noLocal each would come back as a lead.
