@@ -273,3 +273,33 @@ async def test_broker_and_daemon_restarts_while_leads_are_published_lose_none(da
     assert set(stored) == expected_refs(range(total)), "a lead is missing"
     assert set(stored.values()) == {1}, [r for r, n in stored.items() if n > 1]
     assert await counts(store) == (total, total)
+
+
+async def test_a_lead_that_cannot_be_stored_is_not_acknowledged_and_comes_back(pg_url, broker):
+    """Regression: a database error answered "send it again later" and acknowledged the lead,
+    so the broker dropped it. Now it stays unacknowledged and the broker sends it again."""
+    import asyncpg
+
+    base, name = pg_url.replace("+asyncpg", "").rsplit("/", 1)
+    engine = db.make_engine(pg_url)
+    schedule = Schedule(calendar=BusinessCalendar.always_open("UTC"))
+    pg_store = Store(engine, node="test-node", schedule=schedule, claim_lease=CLAIM_LEASE)
+    daemon = Daemon(pg_url, broker, f"callbackd-test/{uuid.uuid4().hex}/leads")
+    await daemon.start()
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        before = broker.sent_to(daemon.client_id)
+        await publish(broker.port, daemon.args[2], [lead(4), lead(5)])
+        # Refused by the database, so sent again after each reconnect: never acknowledged.
+        await until(lambda: broker.sent_to(daemon.client_id) >= before + 3)
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await until_stored(pg_store, 2)
+        await asyncio.sleep(0.5)
+        assert await refs(pg_store) == Counter(expected_refs([4, 5]))
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await daemon.stop(signal.SIGKILL)
+        await engine.dispose()
