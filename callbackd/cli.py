@@ -294,18 +294,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     async def go() -> int:
         engine = db.make_engine(cfg.database.url)
         try:
-            report = await reports.build_report(
-                engine,
-                start,
-                end,
-                by=Grouping(args.by) if args.by else None,
-                tz=settings.tz,
-                thresholds=settings.thresholds,
-            )
+            if args.recovery:  # groups by queue and source itself
+                recovery = await reports.build_recovery(engine, start, end, thresholds=settings.thresholds)
+            else:
+                report = await reports.build_report(
+                    engine,
+                    start,
+                    end,
+                    by=Grouping(args.by) if args.by else None,
+                    tz=settings.tz,
+                    thresholds=settings.thresholds,
+                )
         finally:
             await engine.dispose()
         with _output(args.output) as out:
-            reports.write_report(report, out, args.format, options, settings.tz)
+            if args.recovery:
+                reports.write_recovery(recovery, out, args.format, options, settings.tz)
+            else:
+                reports.write_report(report, out, args.format, options, settings.tz)
         return 0
 
     return _run_db(go)
@@ -384,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     _period_arguments(rp)
     rp.add_argument("--by", choices=["day", "hour", "queue", "operator", "source"])
     rp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rp.add_argument(
+        "--recovery",
+        action="store_true",
+        help="recovery analytics instead: reach by try, callback or own call, per queue and source",
+    )
     rp.set_defaults(func=cmd_report)
     ex = sub.add_parser("export", help="CSV, one row per stored call, request or attempt")
     ex.add_argument("what", choices=["calls", "requests", "attempts"])

@@ -175,6 +175,10 @@ class Detector:
     # -- call start -----------------------------------------------------------------
 
     def _counts(self, event: Mapping[str, str]) -> bool:
+        # A callback leg carries the client's caller ID but is not an offered call: its wait is the
+        # callback's, reported on its own, never an answer in ASA.
+        if event.get("Linkedid", "").startswith(CALLBACK_CHANNEL_PREFIX):
+            return False
         rules = self.rules
         if rules.inbound_contexts and event.get("Context", "") not in rules.inbound_contexts:
             return False

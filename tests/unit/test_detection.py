@@ -255,3 +255,24 @@ def test_resync_follows_calls_in_progress_and_reports_ended_ones():
     # The abandon that follows the restart is detected as usual.
     out = run(det, [ev("HangupRequest"), ev("QueueCallerAbandon", Queue="support", HoldTime="12")])
     assert isinstance(out[0], Missed) and out[0].reason is MissReason.QUEUE_ABANDON and out[0].waited == 12
+
+
+def test_a_callback_leg_is_never_an_offered_call():
+    """The Originate's operator channel (Uniqueid and Linkedid ``cbd-...``) shows the client's number as its
+    caller ID. Were it followed like an inbound call (detection.inbound_contexts empty, i.e. any context), its
+    answer would be stored as an answered call whose wait is the operator's ring, the whisper and the client's
+    ring: callback time inside ASA, and a callback "recovering" its own request."""
+    det = Detector(DetectionRules(inbound_contexts=frozenset()))
+    lid = "cbd-6f1c2a"
+    leg = {"Linkedid": lid, "Uniqueid": lid}
+    events = [
+        {**newchannel(caller="+12025550143", context="callbackd-bridge", exten="s"), **leg},
+        {**ev("DialBegin", DestChannel="PJSIP/pstn-00000007", DialString="+12025550143@pstn"), **leg},
+        {**ev("DialEnd", DialStatus="ANSWER", DestCallerIDNum="+12025550143"), **leg},
+        {**ev("Hangup"), **leg},
+    ]
+    assert run(det, events) == []
+    assert det.calls == {}
+    channel = {"Linkedid": lid, "Uniqueid": lid, "Context": "callbackd-bridge", "CallerIDNum": "+12025550143"}
+    assert det.resync([{**channel, "Duration": "00:00:09", "BridgeId": "b1"}], [], T0) == []
+    assert det.calls == {}
