@@ -343,6 +343,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return _run_db(go)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from callbackd import whatif
+    from callbackd.adapters import reports
+
+    cfg = _load(args)
+    tz = reports.ReportSettings.from_config(cfg).tz
+    try:
+        start, end = _bounds(args, tz)
+        changes = whatif.Changes.parse(
+            cfg,
+            operators=args.operators,
+            delays=args.delays,
+            max_attempts=args.max_attempts,
+            hours=args.hours,
+            client_window=args.client_window,
+            dialer=not args.no_dialer,
+        )
+    except ValueError as exc:
+        print(f"callbackd simulate: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        out = await whatif.run(cfg, start, end, changes, runs=args.runs, seed=args.seed)
+        with _output(args.output) as f:
+            f.write(json.dumps(out, indent=2) + "\n" if args.format == "json" else whatif.render(out))
+        return 0
+
+    return _run_db(go)
+
+
 def _period_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="start", required=True, metavar="DATE", help="YYYY-MM-DD or ISO datetime")
     p.add_argument("--to", dest="end", metavar="DATE", help="exclusive end (default: now)")
@@ -396,6 +426,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="recovery analytics instead: reach by try, callback or own call, per queue and source",
     )
     rp.set_defaults(func=cmd_report)
+    sm = sub.add_parser("simulate", help="replay a stored period under another ladder, staff or hours")
+    sm.add_argument("--from", dest="start", required=True, metavar="DATE", help="YYYY-MM-DD or ISO datetime")
+    sm.add_argument("--to", dest="end", metavar="DATE", help="exclusive end (default: now)")
+    sm.add_argument(
+        "--operators", type=int, metavar="N", help="operators (default: as many as the period shows)"
+    )
+    sm.add_argument("--delays", metavar="LIST", help="retry delays, e.g. 1h,3h,6h (default: the config's)")
+    sm.add_argument("--max-attempts", type=int, metavar="N", help="tries per request (default: the config's)")
+    sm.add_argument(
+        "--hours",
+        metavar="SPEC",
+        help="business hours, e.g. 'mon-fri=09:00-13:00,14:00-18:00;sat=10:00-14:00'",
+    )
+    sm.add_argument(
+        "--client-window", metavar="SPANS", help="when clients may be called, every day, e.g. 10:00-20:00"
+    )
+    sm.add_argument("--no-dialer", action="store_true", help="the what-if without callbacks")
+    sm.add_argument("--runs", type=int, default=20, help="repeated runs for the band (default 20)")
+    sm.add_argument("--seed", type=int, default=1)
+    sm.add_argument("--format", choices=["table", "json"], default="table")
+    sm.add_argument("--output", "-o", metavar="FILE", help="write FILE (replaced atomically), not stdout")
+    sm.set_defaults(func=cmd_simulate)
     ex = sub.add_parser("export", help="CSV, one row per stored call, request or attempt")
     ex.add_argument("what", choices=["calls", "requests", "attempts"])
     _period_arguments(ex)

@@ -189,3 +189,30 @@ async def test_cli_recovery_in_every_format(engine, db_url, tmp_path, capsys):
     assert await asyncio.to_thread(cli.main, [*base, "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("by,key,requests,") and lines[-1].startswith("total,TOTAL,3,")
+
+
+async def test_cli_simulate_replays_the_period(engine, db_url, tmp_path, capsys):
+    import asyncio
+
+    from callbackd import cli
+
+    cfg = tmp_path / "callbackd.toml"
+    cfg.write_text(f'[database]\nurl = "{db_url}"\n\n[schedule]\nhours = {{ "mon-sun" = "00:00-24:00" }}\n')
+    base = ["-c", str(cfg), "simulate", "--from", "2026-03-02", "--to", "2026-03-03", "--runs", "3"]
+    assert (
+        await asyncio.to_thread(cli.main, [*base, "--format", "json", "--operators", "3", "--delays", "30m"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert (out["offered"], out["leads"]) == (4, 1)  # the callback leg is not an offered call
+    # 2 answered of 3 counted tries; each rank has fewer than 3, so both are pooled
+    assert out["fitted"]["reach_by_try"] == [pytest.approx(2 / 3)] * 2
+    assert out["measured"]["car"] == 0.5
+    assert set(out["scenarios"]) == {"as stored", "dialer off", "what-if"}
+    assert out["scenarios"]["what-if"]["operators"] == 3
+    assert out["scenarios"]["dialer off"]["callbacks_per_hour"]["mean"] == 0
+    assert await asyncio.to_thread(cli.main, base) == 0
+    assert "net lost rate" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli.main, [*base, "--delays", "soon"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("callbackd simulate: --delays") and "\n" not in err

@@ -1,0 +1,239 @@
+"""The what-if simulator: against Erlang-A where the two meet, and against hand-worked callback cases."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+
+from callbackd.domain import erlang
+from callbackd.domain.calendar import BusinessCalendar
+from callbackd.domain.ladder import RetryLadder, Schedule
+from callbackd.domain.simulation import (
+    Band,
+    Behaviour,
+    Scenario,
+    SimCall,
+    SimLead,
+    StoredAttempt,
+    StoredCall,
+    fit,
+    fit_reach,
+    predict,
+    simulate,
+    to_sim_calls,
+)
+
+MON = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
+ALWAYS = Schedule(calendar=BusinessCalendar.always_open())
+
+
+# -- the closed forms themselves ----------------------------------------------------------
+
+
+def test_erlang_b_matches_the_published_table():
+    # Erlang B tables: 30 trunks carry 24.80 Erlangs at 5 % blocking, 20.34 at 1 %.
+    assert erlang.erlang_b(30, 24.80) == pytest.approx(0.05, abs=5e-4)
+    assert erlang.erlang_b(30, 20.34) == pytest.approx(0.01, abs=1e-4)
+
+
+@pytest.mark.parametrize("lam,mu,theta,c", [(1.0, 0.25, 0.5, 4), (1.2, 0.25, 0.2, 4), (10, 1, 0.5, 10)])
+def test_the_chain_and_mandelbaum_zeltyn_agree(lam, mu, theta, c):
+    chain, closed = erlang.birth_death(lam, mu, theta, c), erlang.closed_form(lam, mu, theta, c)
+    for name in ("p_wait", "p_abandon", "mean_wait", "occupancy"):
+        assert getattr(closed, name) == pytest.approx(getattr(chain, name), rel=1e-9), name
+
+
+def test_patience_as_long_as_talk_makes_the_system_poisson():
+    """theta = mu: every caller leaves at rate mu, served or not, so the number present is
+    Poisson(lam / mu) (M/M/inf) and P(W > 0) is its tail from c."""
+    lam, mu, c = 3.0, 1.0, 4
+    tail = 1 - sum(math.exp(-lam) * lam**k / math.factorial(k) for k in range(c))
+    assert erlang.closed_form(lam, mu, mu, c).p_wait == pytest.approx(tail, rel=1e-12)
+
+
+# -- the simulator against Erlang-A ----------------------------------------------------------
+
+REPLICATIONS = 6
+ARRIVALS = 10_000
+
+
+def _mmcm(lam, mu, theta, c, seed):
+    rng = random.Random(seed)
+    t, calls = 0.0, []
+    for _ in range(ARRIVALS):
+        t += rng.expovariate(lam)
+        calls.append(SimCall(t, None, True, patience=rng.expovariate(theta), talk=rng.expovariate(mu)))
+    scenario = Scenario(c, ALWAYS, MON, period=t, dialer=False, short_abandon=0)
+    r = simulate(calls, [], Behaviour(theta, (1.0,), (1.0,), (1.0,), 1.0), scenario, seed)
+    return {
+        "p_abandon": r.abandoned / r.offered,
+        "p_wait": r.delayed / r.offered,
+        "mean_wait": r.queue_wait / r.offered,
+        "occupancy": r.occupancy(c),
+    }
+
+
+@pytest.mark.parametrize(
+    "lam,mu,theta,c",
+    [(1.0, 0.25, 0.5, 4), (1.2, 0.25, 0.2, 4)],  # load 4 on 4 operators; 4.8 on 4 (overloaded)
+    ids=["at-capacity", "overloaded"],
+)
+def test_an_mmc_queue_with_abandonment_matches_erlang_a(lam, mu, theta, c):
+    """Independent replications of 10,000 Poisson arrivals each: the spread between replications
+    gives the standard error of each figure, and the exact value must lie within 4 of them (a
+    false alarm about once in 10,000 runs for normal means; the empty start biases a run by a few
+    talk times' worth of calls, under 0.1 % of 10,000)."""
+    exact = erlang.birth_death(lam, mu, theta, c)
+    runs = [_mmcm(lam, mu, theta, c, seed) for seed in range(REPLICATIONS)]
+    for name in ("p_abandon", "p_wait", "mean_wait", "occupancy"):
+        values = [r[name] for r in runs]
+        se = statistics.stdev(values) / math.sqrt(REPLICATIONS)
+        assert abs(statistics.fmean(values) - getattr(exact, name)) < 4 * se + 1e-9, (name, values, exact)
+        assert se < 0.03 * getattr(exact, name)  # and the check is a sharp one: 3 % of the value
+
+
+# -- callbacks, worked by hand ---------------------------------------------------------------
+
+
+def behaviour(*reach, busy=60.0, miss=30.0):
+    return Behaviour(abandon_rate=1 / 60, talk=(120.0,), reach=reach, callback_busy=(busy,), miss_busy=miss)
+
+
+def hourly(**kw):
+    return Schedule(
+        calendar=BusinessCalendar.always_open(), ladder=RetryLadder(**kw), opening_spread=timedelta(0)
+    )
+
+
+def lost_call(at, number="+12025550143", wait=40.0):
+    """A ring group nobody answered: its fate is fixed whatever the operators do."""
+    return SimCall(at, number, False, length=wait)
+
+
+def test_an_abandon_reached_on_the_first_try_is_not_lost():
+    sc = Scenario(1, ALWAYS, MON, period=3600)
+    r = simulate([lost_call(100)], [], behaviour(1.0), sc, seed=1)
+    assert (r.offered, r.abandoned, r.net_lost, r.requests, r.attempts, r.reached_by_callback) == (
+        1,
+        1,
+        0,
+        1,
+        1,
+        1,
+    )
+    assert r.first_attempt == (0.0,)  # the operator was free at the abandon
+    assert r.busy_in_period == 60.0 and r.occupancy(1) == pytest.approx(60 / 3600)
+    off = simulate(
+        [lost_call(100)], [], behaviour(1.0), Scenario(1, ALWAYS, MON, period=3600, dialer=False), seed=1
+    )
+    assert (off.net_lost, off.attempts, off.requests) == (1, 0, 1)
+
+
+def test_the_ladder_spaces_the_tries_and_gives_up():
+    sc = Scenario(1, hourly(delays=(timedelta(hours=1),), max_attempts=3), MON, period=86400)
+    never = simulate([lost_call(0)], [], behaviour(0.0), sc, seed=1)
+    assert (never.attempts, never.net_lost, never.reached_by_callback) == (3, 1, 0)
+    second = simulate([lost_call(0)], [], behaviour(0.0, 1.0), sc, seed=1)
+    assert (second.attempts, second.net_lost, second.reached_by_callback) == (2, 0, 1)
+    assert second.busy_in_period == 30 + 60  # an unanswered try, then the answered one
+
+
+def test_live_callers_come_before_callbacks_and_a_short_abandon_is_not_called_back():
+    # One operator. A abandons at 40 s; B (arrived at 10 s) is answered at once... the operator is
+    # busy with C from 0 to 120 s, so B waits, and the free operator at 120 s takes B before A's callback.
+    calls = [
+        SimCall(0, "+1C", True, patience=None, waited=0, talk=120),
+        SimCall(10, "+1B", True, patience=None, waited=110, talk=50),
+        SimCall(0, "+1A", True, patience=40),
+        SimCall(5, "+1S", True, patience=3),  # short: not counted, not called back
+    ]
+    b = Behaviour(abandon_rate=1e-9, talk=(1.0,), reach=(1.0,), callback_busy=(60.0,), miss_busy=30.0)
+    r = simulate(calls, [], b, Scenario(1, ALWAYS, MON, period=3600), seed=3)
+    assert (r.offered, r.short, r.abandoned, r.requests) == (4, 1, 1, 1)
+    assert r.first_attempt == (130.0,)  # A lost at 40 s; operator free of C at 120, of B at 170; 170 - 40
+    assert r.net_lost == 0 and r.busy_in_period == 120 + 50 + 60
+
+
+def test_business_hours_and_the_client_window_hold_the_first_try():
+    hours = BusinessCalendar.from_spec("UTC", {"mon-fri": "09:00-18:00"})
+    window = BusinessCalendar.from_spec("UTC", {"mon-sun": "10:00-20:00"})
+    sched = Schedule(calendar=hours, opening_spread=timedelta(0))
+    night = lost_call(3600)  # 01:00 Monday, after hours
+    r = simulate([night], [], behaviour(1.0), Scenario(1, sched, MON, period=86400), seed=1)
+    assert r.first_attempt == (9 * 3600 - 3640.0,)  # at the 09:00 opening
+    r = simulate(
+        [night], [], behaviour(1.0), Scenario(1, sched, MON, period=86400, client_window=window), seed=1
+    )
+    assert r.first_attempt == (10 * 3600 - 3640.0,)  # not before the client's 10:00
+    assert r.open_seconds == 9 * 3600 and r.callbacks_per_hour == pytest.approx(1 / 9)
+
+
+def test_an_answered_later_call_recovers_the_request_and_a_lead_is_called_back():
+    calls = [lost_call(0, "+1A"), SimCall(200, "+1A", False, answered=True, talk=60)]
+    sc = Scenario(1, hourly(delays=(timedelta(hours=1),), max_attempts=2), MON, period=86400)
+    r = simulate(calls, [SimLead(500, "+1L")], behaviour(0.0, 1.0), sc, seed=1)
+    # A: try 1 at 40 s unanswered, then called in at 200 s: recovered, no second try for A.
+    # The lead: try 1 at 500 s unanswered, try 2 at 4100 s answered.
+    assert (r.recovered_by_call, r.reached_by_callback, r.attempts, r.net_lost) == (1, 1, 3, 0)
+
+
+def test_runs_are_seeded_and_the_band_spans_them():
+    rng = random.Random(5)
+    calls = [lost_call(rng.uniform(0, 3600), f"+1{i}") for i in range(50)]
+    sc = Scenario(1, hourly(max_attempts=1), MON, period=3600)
+    assert simulate(calls, [], behaviour(0.5), sc, seed=9) == simulate(calls, [], behaviour(0.5), sc, seed=9)
+    p = predict(calls, [], behaviour(0.5), sc, runs=20, seed=1)
+    assert p.net_lost_rate.low < p.net_lost_rate.mean < p.net_lost_rate.high
+    assert 0.35 < p.net_lost_rate.mean < 0.65  # each lost caller reached with probability 1/2
+    assert Band.of([]) == Band(None, None, None) and Band.of([2.0]) == Band(2.0, 2.0, 2.0)
+
+
+# -- fitting ---------------------------------------------------------------------------------
+
+
+def at(s):
+    return MON + timedelta(seconds=s)
+
+
+def test_reach_is_fitted_per_try_and_thin_ranks_are_pooled():
+    tries = []
+    # 10 requests: 6 answered on try 1; of the 4 left, 2 on try 2; 2 get a third try, 1 answered.
+    for rid in range(10):
+        outcomes = (
+            ["answered"]
+            if rid < 6
+            else ["client_busy", "answered"]
+            if rid < 8
+            else ["client_busy"] * 2 + (["answered"] if rid == 8 else ["client_no_answer"])
+        )
+        tries += [
+            StoredAttempt(rid, at(k * 3600), at(k * 3600 + 30), o, True) for k, o in enumerate(outcomes)
+        ]
+    tries.append(StoredAttempt(0, at(-10), at(-5), "operator_no_answer", False))  # not counted: ignored
+    assert fit_reach(tries) == pytest.approx((0.6, 0.5, 0.5))  # try 3: 1 of 2, pooled (< 3 tries): still 1/2
+    assert fit_reach([]) == (0.5,)
+
+
+def test_patience_is_the_censored_exponential_estimate():
+    calls = [
+        StoredCall(at(0), "+1A", "q", at(10), at(70), 10, "answered"),
+        StoredCall(at(0), "+1B", "q", None, at(30), 30, "missed"),
+        StoredCall(at(0), "+1C", "q", None, at(20), 20, "missed"),
+        StoredCall(at(0), "+1D", None, at(5), at(100), None, "answered"),  # not queued: not in the estimate
+    ]
+    b = fit(calls, [])
+    assert b.abandon_rate == pytest.approx(2 / 60)  # 2 hung up over 10 + 30 + 20 s waited
+    assert sorted(b.talk) == [60, 95]
+    sims = to_sim_calls(calls, MON)
+    assert (sims[0].patience, sims[0].waited, sims[0].talk) == (None, 10, 60)
+    assert (sims[1].patience, sims[1].queued) == (30, True)
+    assert (sims[3].queued, sims[3].answered, sims[3].length) == (False, True, 5)
+
+
+def test_hours_of_the_client_window_parse():
+    w = BusinessCalendar.from_spec("UTC", {"mon-sun": ["10:00-20:00"]})
+    assert w.weekly[0] == ((time(10), time(20)),)
