@@ -7,7 +7,7 @@ Wiring only: the model is :mod:`callbackd.domain.simulation`, the rows come from
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from callbackd.config import Config, _duration
@@ -89,7 +89,17 @@ class Changes:
         return cls(operators=operators, schedule=schedule, client_window=window, dialer=dialer)
 
 
-async def run(cfg: Config, start: datetime, end: datetime, changes: Changes, *, runs: int, seed: int) -> dict:
+async def run(
+    cfg: Config,
+    start: datetime,
+    end: datetime,
+    changes: Changes,
+    *,
+    runs: int,
+    seed: int,
+    now: datetime | None = None,
+) -> dict:
+    """*now*: when the figures are read (default: the present), as the report reads the database."""
     from callbackd.adapters import db, reports, simdata
     from callbackd.domain import simulation as sim
 
@@ -104,12 +114,15 @@ async def run(cfg: Config, start: datetime, end: datetime, changes: Changes, *, 
         await engine.dispose()
     behaviour = sim.fit(period.calls, period.attempts)
     calls = sim.to_sim_calls(period.calls, start)
+    base = cfg.schedule_rules()
+    period_max = (end - start + base.max_age).total_seconds()
     stored = sim.Scenario(
         operators=period.operators,
-        schedule=cfg.schedule_rules(),
+        schedule=base,
         epoch=start,
         period=(end - start).total_seconds(),
         short_abandon=settings.thresholds.short_abandon.total_seconds(),
+        horizon=min(((now or datetime.now(UTC)) - start).total_seconds(), period_max),
     )
     scenarios = [("as stored", stored), ("dialer off", replace(stored, dialer=False))]
     if changes.any:

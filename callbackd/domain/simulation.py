@@ -27,7 +27,8 @@ The model, per run:
   is *net lost* when nothing reached its number after it started (the report's definition).
 
 Figures are over the period (calls offered in it; operator time and callbacks inside it), and the
-callbacks of calls lost near its end run on up to ``Schedule.max_age`` later.
+callbacks of calls lost near its end run on until the figures are read (``Scenario.horizon``: for a
+period just past, callbacks still to come are not counted, as in the report), at most ``max_age``.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class Scenario:
     dialer: bool = True
     client_window: BusinessCalendar | None = None  # when clients may be called, on top of business hours
     short_abandon: float = 5.0
+    # Seconds from the epoch at which the figures are read, as a report reads the database "as it
+    # stands": callbacks after it have not happened yet. None: the period plus ``max_age``.
+    horizon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,9 @@ class _Run:
             self.push(c.at, "arrive", i)
         for lead in self.leads:
             self.push(lead.at, "lead", lead)
-        horizon = self.s.period + self.s.schedule.max_age.total_seconds() + 86400
+        horizon = self.s.horizon
+        if horizon is None:
+            horizon = self.s.period + self.s.schedule.max_age.total_seconds()
         while self.heap:
             ev = heapq.heappop(self.heap)
             if ev.at > horizon:

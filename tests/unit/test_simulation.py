@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
@@ -140,6 +141,9 @@ def test_the_ladder_spaces_the_tries_and_gives_up():
     second = simulate([lost_call(0)], [], behaviour(0.0, 1.0), sc, seed=1)
     assert (second.attempts, second.net_lost, second.reached_by_callback) == (2, 0, 1)
     assert second.busy_in_period == 30 + 60  # an unanswered try, then the answered one
+    # Read half an hour after the miss, as a report run then would: the second try has not happened.
+    early = simulate([lost_call(0)], [], behaviour(0.0, 1.0), replace(sc, horizon=1800), seed=1)
+    assert (early.attempts, early.net_lost, early.reached_by_callback) == (1, 1, 0)
 
 
 def test_live_callers_come_before_callbacks_and_a_short_abandon_is_not_called_back():
