@@ -36,10 +36,12 @@ import json
 import math
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -200,8 +202,11 @@ class Day:
             data=body,
             headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=10) as res:
-            self.leads_ok += res.status in (200, 201, 202)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as res:
+                self.leads_ok += res.status in (200, 201, 202)
+        except (urllib.error.URLError, OSError) as exc:  # refused or not answered: counted as not accepted
+            print(f"lead {number}: {exc}", file=sys.stderr)
 
     async def breaks(self, t0: float) -> None:
         async def one(op: str, start: float, length: float) -> None:
@@ -370,6 +375,8 @@ def main() -> int:
         "days": {},
     }
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.dialer]
+    # A SIGTERM (a timeout, a service stop) still runs the clean-up that puts the lab back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with lab_lock():
         was_up = json.loads(lab("status", "--json") or "{}").get("up", False)
         lab("up")
