@@ -10,7 +10,7 @@ The day, all of it drawn from --seed:
 
 - night: web leads arrive over HTTP before the opening (called back from the opening on);
 - day: callers ring the support (70 %) and sales queues following a two-peak daily curve; each
-  hangs up after a patience drawn from a lognormal (about 8 % under the 5 s short-abandon line).
+  hangs up after a patience drawn from a lognormal (median 14 s, about 4 % under the 5 s short-abandon line).
   The lab's queues answer a call at once, so the caller's hang-up time counts from the call's start:
   an operator who picks up at wait w talks for patience - w;
 - about 14 % of the callers who hung up call again on their own a while later, unless a callback
@@ -83,12 +83,12 @@ class Plan:
     leads: list[tuple[float, str]]  # (offset s before opening, number)
     scripts: dict[str, str]  # number -> PSTN script
     again: dict[str, float]  # number -> delay after its abandon before it calls again on its own
-    breaks: list[tuple[str, float, float]]  # (operator, start offset s, length s)
+    breaks: list[tuple[str, float, float]]  # (operator, start offset s, length s), day seconds
 
 
 def draw(seed: int, day: float, calls: int, leads: int, night: float, never: float, operators: int) -> Plan:
     rng = random.Random(seed)
-    numbers = iter(f"+1202555{n:04d}" for n in rng.sample(range(2000, 9999), calls + leads))
+    numbers = iter(f"+1202555{n:04d}" for n in rng.sample(range(2000, 9999), 2 * calls + leads + 20))
     peak = max(CURVE)
     rate = calls / (day * sum(CURVE) / len(CURVE))  # mean rate scaled so the day expects `calls`
     arrivals: list[float] = []
@@ -208,12 +208,12 @@ class Day:
         except (urllib.error.URLError, OSError) as exc:  # refused or not answered: counted as not accepted
             print(f"lead {number}: {exc}", file=sys.stderr)
 
-    async def breaks(self, t0: float) -> None:
+    async def breaks(self, t0: float, k: float) -> None:
         async def one(op: str, start: float, length: float) -> None:
-            await asyncio.sleep(max(0.0, t0 + start - time.monotonic()))
-            pause(op, True)
-            await asyncio.sleep(length)
-            pause(op, False)
+            await asyncio.sleep(max(0.0, t0 + start / k - time.monotonic()))
+            await asyncio.to_thread(pause, op, True)
+            await asyncio.sleep(length / k)
+            await asyncio.to_thread(pause, op, False)
 
         await asyncio.gather(*(one(op, s, n) for op, s, n in self.plan.breaks))
 
@@ -240,7 +240,7 @@ class Day:
             await asyncio.sleep(max(0.0, (opening - datetime.now(UTC)).total_seconds()))
             t0 = time.monotonic()
             end = t0 + self.minutes * 60
-            breaks = asyncio.create_task(self.breaks(t0))
+            breaks = asyncio.create_task(self.breaks(t0, k))
             for at, number, ext, patience in self.plan.calls:
                 await asyncio.sleep(max(0.0, t0 + at / k - time.monotonic()))
                 await self.call(number, ext, patience)
