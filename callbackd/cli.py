@@ -351,6 +351,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     tz = reports.ReportSettings.from_config(cfg).tz
     try:
         start, end = _bounds(args, tz)
+        if args.runs < 1:
+            raise ValueError("--runs must be at least 1")
         changes = whatif.Changes.parse(
             cfg,
             operators=args.operators,
