@@ -695,7 +695,9 @@ def recovery_query(start: datetime, end: datetime, dialect: str):
     """Requests created in the period with their close reason, first queue and attempts (one row each)."""
     queue = (
         select(m.Call.queue)
-        .join_from(m.Contact, m.Call, m.Call.linkedid == m.Contact.source_ref)
+        .join_from(
+            m.Contact, m.Call, and_(m.Call.pbx == m.Contact.pbx, m.Call.linkedid == m.Contact.source_ref)
+        )
         .where(m.Contact.request_id == m.Request.id, m.Contact.source == "ami")
         .order_by(m.Contact.at, m.Contact.id)
         .limit(1)
