@@ -73,6 +73,7 @@ class Behaviour:
     reach: tuple[float, ...]  # P(client answers try k | try k made), k = 1, 2, ...; the last repeats
     callback_busy: tuple[float, ...]  # operator-busy seconds of answered callbacks
     miss_busy: float  # operator-busy seconds of an unanswered try
+    answer_delay: float = 0.0  # seconds an operator's phone rings before a queued caller is connected
 
     def reach_on(self, try_no: int) -> float:
         return self.reach[min(try_no, len(self.reach)) - 1]
@@ -195,6 +196,7 @@ class _Run:
         self.short = 0
         self.delayed = 0
         self.queue_wait = 0.0
+        self.patience: dict[int, float] = {}
         self._open_from = 0.0
         self._open_until: float | None = None
 
@@ -298,6 +300,7 @@ class _Run:
             patience = c.patience
             if patience is None:
                 patience = c.waited + self.rng.expovariate(self.b.abandon_rate)
+            self.patience[i] = patience
             self.push(now + patience, "abandon", i)
         elif c.answered:
             self._reached(c.number, now)
@@ -313,8 +316,8 @@ class _Run:
             return
         self.gone.add(i)
         self.waiting.remove(i)
-        self.queue_wait += now - self.calls[i].at
-        self._miss(self.calls[i], now - self.calls[i].at, now)
+        self.queue_wait += self.patience[i]
+        self._miss(self.calls[i], self.patience[i], now)  # the drawn patience: no rounding at the edge
 
     def _on_missed(self, now: float, i: int) -> None:
         c = self.calls[i]
@@ -344,14 +347,23 @@ class _Run:
                 return
 
     def _answer(self, i: int, now: float) -> None:
+        """The operator's phone rings ``answer_delay``; a caller whose patience ends first is lost."""
         c = self.calls[i]
         self.gone.add(i)
-        self.queue_wait += now - c.at
-        talk = c.talk if c.talk is not None else self.rng.choice(self.b.talk)
         self.free -= 1
-        self.push(now + talk, "free")
-        self._busy(now, talk)
-        self._reached(c.number, now)
+        pick_up = now + self.b.answer_delay
+        if c.at + self.patience[i] < pick_up:
+            gave_up = c.at + self.patience[i]
+            self.queue_wait += self.patience[i]
+            self.push(gave_up, "free")
+            self._busy(now, gave_up - now)
+            self._miss(c, self.patience[i], gave_up)
+            return
+        self.queue_wait += pick_up - c.at
+        talk = c.talk if c.talk is not None else self.rng.choice(self.b.talk)
+        self.push(pick_up + talk, "free")
+        self._busy(now, pick_up + talk - now)
+        self._reached(c.number, pick_up)
         req = self.open.get(c.number) if c.number else None
         if req is not None:
             self.by_call += 1
@@ -602,8 +614,11 @@ def fit(
         for a in attempts
         if a.counted and a.outcome != "answered" and a.ended_at
     ]
+    answered_waits = [_wait(c) for c in queued if c.outcome == "answered"]
     return Behaviour(
         abandon_rate=theta,
+        # The quickest answer any queued caller got: the operator's ring, paid on every answer.
+        answer_delay=min(answered_waits) if answered_waits else 0.0,
         talk=talk,
         reach=fit_reach(attempts),
         callback_busy=busy or talk,

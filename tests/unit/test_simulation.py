@@ -162,6 +162,21 @@ def test_live_callers_come_before_callbacks_and_a_short_abandon_is_not_called_ba
     assert r.net_lost == 0 and r.busy_in_period == 120 + 50 + 60
 
 
+def test_the_operators_ring_is_paid_on_every_answer():
+    b = Behaviour(
+        abandon_rate=1e-9, talk=(1.0,), reach=(1.0,), callback_busy=(1.0,), miss_busy=1.0, answer_delay=2.0
+    )
+    sc = Scenario(1, ALWAYS, MON, period=3600, dialer=False, short_abandon=0)
+    r = simulate([SimCall(0, "+1A", True, patience=1.5, talk=10)], [], b, sc, seed=1)
+    assert (r.abandoned, r.queue_wait, r.busy_in_period) == (
+        1,
+        1.5,
+        1.5,
+    )  # hung up while the operator's phone rang
+    r = simulate([SimCall(0, "+1A", True, patience=5, talk=10)], [], b, sc, seed=1)
+    assert (r.abandoned, r.queue_wait, r.busy_in_period) == (0, 2.0, 12.0)
+
+
 def test_business_hours_and_the_client_window_hold_the_first_try():
     hours = BusinessCalendar.from_spec("UTC", {"mon-fri": "09:00-18:00"})
     window = BusinessCalendar.from_spec("UTC", {"mon-sun": "10:00-20:00"})
@@ -231,6 +246,7 @@ def test_patience_is_the_censored_exponential_estimate():
     ]
     b = fit(calls, [])
     assert b.abandon_rate == pytest.approx(2 / 60)  # 2 hung up over 10 + 30 + 20 s waited
+    assert b.answer_delay == 10  # the quickest answer a queued caller got
     assert sorted(b.talk) == [60, 95]
     sims = to_sim_calls(calls, MON)
     assert (sims[0].patience, sims[0].waited, sims[0].talk) == (None, 10, 60)
