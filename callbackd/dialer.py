@@ -26,7 +26,7 @@ from callbackd.config import DialerConfig
 from callbackd.domain.detection import CALLBACK_CHANNEL_PREFIX
 from callbackd.domain.errors import InvalidNumber
 from callbackd.domain.limits import AbuseGuard
-from callbackd.domain.operators import OperatorPool
+from callbackd.domain.operators import OperatorPool, dial_channel
 from callbackd.domain.outcomes import (
     Outcome,
     client_leg_outcome,
@@ -466,7 +466,8 @@ def originate_fields(
     number = E164.trusted(number)
     shown = sanitize_caller_name(name) or str(number)
     return {
-        "Channel": run.operator,
+        # The member's interface as it dials (an agent through our callbackd-agent context).
+        "Channel": dial_channel(run.operator),
         "Context": cfg.context,
         "Exten": "s",
         "Priority": "1",

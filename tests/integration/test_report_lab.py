@@ -85,3 +85,21 @@ async def test_report_figures_match_a_mixed_session(lab, daemon_factory, tmp_pat
     exported = list(csv.DictReader(io.StringIO(calls)))
     assert len(exported) == 6
     assert all(r["started_at"].endswith("+00:00") for r in exported)
+
+    # By operator: one row per person. Calls name the queue member (AgentConnect's Interface),
+    # attempts the member the callback rang: the same key, never a caller ID number.
+    out = cli(
+        config,
+        "report",
+        "--from",
+        start.isoformat(),
+        "--to",
+        end.isoformat(),
+        "--by",
+        "operator",
+        "--format",
+        "csv",
+    )
+    keys = [r["operator"] for r in csv.DictReader(io.StringIO(out.stdout)) if r["operator"] != "TOTAL"]
+    people = [k for k in keys if k]
+    assert people and set(people) <= {"PJSIP/op1", "PJSIP/op2"} and len(people) == len(set(people)), keys
