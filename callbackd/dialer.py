@@ -477,13 +477,21 @@ def originate_fields(
         "OtherChannelId": f"{run.channel_id}-2",
         "Variable": [
             f"CBD_ATTEMPT={run.attempt_id}",
-            f"CBD_DIAL={cfg.dial_pattern.format(number=number)}",
+            f"CBD_DIAL={client_dial(cfg, number)}",
             f"CBD_DIAL_TIMEOUT={int(cfg.client_ring.total_seconds())}",
             f"CBD_OUTCID={cfg.outbound_callerid}",
             f"CBD_WHISPER={whisper(cfg, reason)}",
             f"CBD_TRY={run.try_no}",
         ],
     }
+
+
+def client_dial(cfg: DialerConfig, number: E164) -> str:
+    """The client leg's dial string: ``client_target`` when set, else ``dial_pattern``."""
+    target = cfg.client_dial_target()
+    if target is not None:
+        return target.render(number)
+    return cfg.dial_pattern.format(number=E164.trusted(number))
 
 
 def channel_ids(events: list[dict[str, str]]) -> set[str]:
