@@ -64,6 +64,9 @@ class Run:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     bridged: int = 0
+    # Bridge id -> channels seen entering it. Only the bridge our own channel is in counts:
+    # an operator reached through a Local channel (FreePBX members) has a bridge of its own.
+    bridges: dict[str, set[str]] = field(default_factory=dict)
     client_answered_at: datetime | None = None
     operator_answered_at: datetime | None = None
     client_channel: str | None = None
@@ -333,8 +336,10 @@ class Dialer:
             )
             self._mark(run, AttemptStatus.CLIENT_RINGING)
         elif name == "BridgeEnter":
-            run.bridged += 1
-            if run.bridged == 2:
+            members = run.bridges.setdefault(ev.get("BridgeUniqueid", ""), set())
+            members.add(uniqueid)
+            if run.channel_id in members and len(members) >= 2 and run.bridged < 2:
+                run.bridged = 2
                 run.client_answered_at = self.clock()
                 log.info(
                     "bridged",

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from labdaemon import cli, lab_config, requests_json
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("profile")]
 
 TOKEN = "lab-http-token-0123456789"
 
@@ -30,10 +30,10 @@ def paused(lab):
     lab.operator("op1,op2", "answer")
     lab.pstn("--reset")
     for op in ("op1", "op2"):
-        lab.run("cli", f"queue pause member PJSIP/{op} queue support")
+        lab.pause(op)
     yield
     for op in ("op1", "op2"):
-        lab.run("cli", f"queue unpause member PJSIP/{op} queue support")
+        lab.pause(op, on=False)
 
 
 async def call(lab, number, hangup_after, to="100", *extra):
@@ -178,22 +178,22 @@ async def test_self_recovery_by_a_call_in_and_by_a_manual_call(lab, paused, daem
     # callbackd holds back while the caller waits, so the live call wins.
     task = asyncio.create_task(call(lab, "2025550141", 12))
     await asyncio.sleep(3)
-    lab.run("cli", "queue unpause member PJSIP/op1 queue support")
+    lab.pause("op1", on=False)
     rec = await wait(daemon, "request.recovered", 20, how="client_called_in")
     assert rec["number"] == "+12025550141"
     await task
-    lab.run("cli", "queue pause member PJSIP/op1 queue support")
+    lab.pause("op1")
 
     # An operator calls the other client by hand from the phone, and the client answers.
-    await watch_originate_manual(watch, "PJSIP/op2", "+12025550142")
+    await watch_originate_manual(watch, "PJSIP/op2", "+12025550142", lab.profile)
     rec = await wait(daemon, "request.recovered", 20, how="operator_called")
     assert rec["number"] == "+12025550142"
     statuses = {r["number"]: r["status"] for r in requests_json(daemon.config, "list", "--json")}
     assert statuses == {"+12025550141": "recovered", "+12025550142": "recovered"}
 
 
-async def watch_originate_manual(watch, operator: str, number: str) -> None:
-    """The lab places a call from an operator's phone to an outside number."""
+async def watch_originate_manual(watch, operator: str, number: str, profile) -> None:
+    """The lab places a call from an operator's phone to an outside number (as the phone dials it)."""
     from callbackd.adapters.ami import AmiClient
 
     client = AmiClient(
@@ -204,8 +204,8 @@ async def watch_originate_manual(watch, operator: str, number: str) -> None:
         fut = client.originate(
             {
                 "Channel": operator,
-                "Context": "from-operators",
-                "Exten": number,
+                "Context": profile.manual_context,
+                "Exten": profile.manual_number(number),
                 "Priority": "1",
                 "Timeout": "10000",
             }
@@ -222,7 +222,7 @@ async def test_ami_reconnect_resyncs_and_never_duplicates(lab, paused, daemon_fa
     await wait(daemon, "request.stored", 15, number="+12025550151")
     lab.run("up", "--restart")
     for op in ("op1", "op2"):
-        lab.run("cli", f"queue pause member PJSIP/{op} queue support")
+        lab.pause(op)
     login = await wait(daemon, "ami.login", 40, reconnects=1)
     assert login["gap_s"] > 0
     await wait(daemon, "ami.resynced", 20)
