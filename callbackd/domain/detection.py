@@ -350,6 +350,8 @@ class Detector:
         call = self._track(linkedid, now)
         if call is None or call.answered or ev.get("DialStatus") != "ANSWER":
             return []
+        if ev.get("Uniqueid") != linkedid:
+            return []  # a Local channel's own Dial (FreePBX members): the root's dial decides
         if ev.get("DestUniqueid") in call.member_legs:
             return []  # a queue member: AgentConnect follows with the member and the hold time
         return self._answer(call, device_of(ev.get("DestChannel", "")) or None, now)

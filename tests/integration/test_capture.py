@@ -5,8 +5,11 @@ requests without dialling them."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 import httpx
@@ -230,3 +233,40 @@ async def test_ami_reconnect_resyncs_and_never_duplicates(lab, paused, daemon_fa
     merged = await wait(daemon, "request.stored", 15, merged=True)
     assert merged["number"] == "+12025550151"
     assert len(requests_json(daemon.config, "list", "--json")) == 1
+
+
+async def test_an_originate_into_the_inbound_context_is_neither_missed_nor_offered(
+    lab, paused, daemon_factory, tmp_path
+):
+    """A CRM's click-to-call or another dialer: the PBX dials out, the call runs in from-pstn."""
+    from callbackd.adapters.ami import AmiClient
+
+    daemon = daemon_factory()
+    start = datetime.now(UTC) - timedelta(seconds=5)
+    client = AmiClient(
+        host="127.0.0.1", port=5038, username="lab", secret="lab-admin-secret", on_event=lambda e: None
+    )
+    await client.start()
+    try:
+        replies = await asyncio.wait_for(
+            client.originate(
+                {
+                    "Channel": "PJSIP/+12025550161@pstn",
+                    "Context": "from-pstn",
+                    "Exten": "105",
+                    "Priority": "1",
+                    "Timeout": "10000",
+                }
+            ),
+            20,
+        )
+        assert replies[-1].get("Reason") == "4"
+    finally:
+        await client.close()
+    await asyncio.sleep(5)  # the PSTN side hangs up after 3 s
+    await call(lab, "2025550162", 7)  # a real abandon after it, as a witness that detection runs
+    await wait(daemon, "call.missed", 20, number="2025550162")
+    assert [e["number"] for e in daemon.events("call.missed")] == ["2025550162"]
+    end = datetime.now(UTC) + timedelta(seconds=5)
+    calls = cli(daemon.config, "export", "calls", "--from", start.isoformat(), "--to", end.isoformat()).stdout
+    assert len(list(csv.DictReader(io.StringIO(calls)))) == 1  # only the witness was offered

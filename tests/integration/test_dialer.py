@@ -4,9 +4,11 @@ live callers first, and a kill -9 mid-call without a second dial."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from labdaemon import DaemonProcess, cli, lab_config, requests_json
@@ -159,3 +161,34 @@ async def test_kill_9_while_ringing_then_restart_never_dials_twice(lab, fresh, w
     assert req["status"] == "reached" and len(req["attempts_detail"]) == 1
     # The PSTN side received exactly one call for this client.
     assert len(pstn_invites(lab, "2025550241")) == before + 1
+
+
+@pytest.mark.parametrize("profile", ["freepbx"], indirect=True)
+async def test_freepbx_callback_rings_the_local_member_and_goes_out_through_the_route(
+    lab, profile, fresh, daemon_factory, watch, tmp_path
+):
+    """The FreePBX shape end to end: the Local member rings, the client leg takes the outbound
+    route (the route's caller ID reaches the PSTN) and the route's MixMonitor records it."""
+    lab.pause("op2")
+    daemon = daemon_factory()
+    add(daemon.config, "+12025550251")
+    ringing = await wait(daemon, "operator.ringing", 15)
+    assert ringing["operator"] == "Local/201@from-queue/n"
+    out = await wait(daemon, "attempt.outcome", 40, attempt_id=ringing["attempt_id"])
+    assert out["outcome"] == "answered" and out["request_status"] == "reached"
+    [invite] = [json.loads(line) for line in pstn_invites(lab, "2025550251")[-1:]]
+    assert invite["caller"] == "+12025550199"  # the route's caller ID, not the operator's or the client's
+    lid = f"cbd-{ringing['attempt_id']}"
+    trunk = [e for e in watch.of("DialBegin", Context="macro-dialout-trunk") if e["Linkedid"] == lid]
+    assert [e["DialString"] for e in trunk] == ["+12025550251@pstn"]
+    mixmonitor = [e for e in watch.of("Newexten", Application="MixMonitor") if e["Linkedid"] == lid]
+    assert mixmonitor, "the outbound route's recording hook did not run"
+    path = mixmonitor[-1]["AppData"].split(",")[0]
+    assert "/out-2025550251-" in path
+    recording = Path(lab.status()["asterisk"]["root"]) / path.lstrip("/")
+    for _ in range(50):
+        if recording.exists():
+            break
+        await asyncio.sleep(0.1)
+    # The lab's phones send no audio, so the file holds a WAV header only: its existence is the proof.
+    assert recording.exists(), recording

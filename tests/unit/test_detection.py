@@ -405,3 +405,39 @@ def test_a_queue_time_out_without_a_hold_time_waited_from_join_to_leave():
     for sec, e in at.items():
         out.extend(det.feed(e, T0 + timedelta(seconds=sec)))
     assert out[0].reason is MissReason.QUEUE_TIMEOUT and out[0].waited == 5
+
+
+def test_a_local_members_inner_dial_is_not_the_answer():
+    """FreePBX: the queue rings Local/201@from-queue/n, whose ;2 half dials PJSIP/op1; that inner
+    DialEnd ANSWER comes first and named PJSIP/op1 as the agent (seen in the freepbx lab profile)."""
+    det = Detector()
+    local1, local2, phone = "1795400063.7", "1795400063.8", "1795400063.9"
+    out = run(
+        det,
+        [
+            newchannel(),
+            ev("QueueCallerJoin", Queue="support"),
+            ev("AgentCalled", Queue="support", DestUniqueid=local1, Interface="Local/201@from-queue/n"),
+            ev(
+                "DialEnd",
+                Uniqueid=local2,
+                DialStatus="ANSWER",
+                DestUniqueid=phone,
+                DestChannel="PJSIP/op1-0000002a",
+            ),
+            ev(
+                "DialEnd",
+                DialStatus="ANSWER",
+                DestUniqueid=local1,
+                DestChannel="Local/201@from-queue-00000003;1",
+            ),
+            ev(
+                "AgentConnect",
+                Queue="support",
+                Interface="Local/201@from-queue/n",
+                HoldTime="2",
+                DestUniqueid=local1,
+            ),
+        ],
+    )
+    assert [(type(o).__name__, o.agent) for o in out] == [("Answered", "Local/201@from-queue/n")]
