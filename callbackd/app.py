@@ -53,6 +53,7 @@ from callbackd.domain.intake import (
 )
 from callbackd.domain.limits import AbuseGuard, AbuseLimits
 from callbackd.domain.operators import OperatorPool
+from callbackd.domain.pbx import UnsupportedAsterisk, check_asterisk
 from callbackd.domain.phone import NumberRules, mask, parse_caller_id
 
 log = structlog.get_logger("callbackd")
@@ -151,6 +152,7 @@ class Daemon:
         # Contacts refused by the number rules or the abuse limits, by reason.
         self.refusals: Counter[str] = Counter()
         self.pool = OperatorPool(cfg.dialer.queues, int(cfg.dialer.wrapup.total_seconds()))
+        self.asterisk_version: str | None = None
         self.intake: asyncio.Queue[Any] = asyncio.Queue()
         self.stop = asyncio.Event()
         self.sigterms = 0
@@ -201,6 +203,7 @@ class Daemon:
             )
             stack.push_async_callback(self.dialer.close)
             await self.ami.start(a.connect_timeout.total_seconds())
+            await self._check_asterisk()
             if self.cfg.agi.enabled:
                 from callbackd.adapters.agi import CallbackAgi
 
@@ -324,6 +327,12 @@ class Daemon:
         QueueStatus late or not at all, so the resync is retried while the link is up.
         """
         self.dialer.reconciled = False
+        try:
+            await self._check_asterisk()
+        except AmiError as exc:
+            # Start-up refuses this at once; after a reconnect dialling stays paused.
+            log.error("ami.unsupported", error=str(exc))
+            return
         for attempt in range(1, RESYNC_TRIES + 1):
             try:
                 await self._resync()
@@ -334,6 +343,17 @@ class Daemon:
                 return  # the next login resyncs
             await asyncio.sleep(RESYNC_RETRY_S)
         log.error("ami.resync_gave_up", tries=RESYNC_TRIES, hint="dialling stays paused until the next login")
+
+    async def _check_asterisk(self) -> None:
+        """Refuse an Asterisk whose AMI events lack Linkedid (see domain/pbx.py)."""
+        settings = await self.ami.action({"Action": "CoreSettings"})
+        try:
+            version = check_asterisk(settings)
+        except UnsupportedAsterisk as exc:
+            raise AmiError(str(exc)) from None
+        if version != self.asterisk_version:
+            self.asterisk_version = version
+            log.info("ami.asterisk", version=version, ami_version=settings.get("AMIversion"))
 
     async def _resync(self) -> None:
         status = await self.ami.list_action({"Action": "QueueStatus"}, timeout=RESYNC_TIMEOUT_S)

@@ -135,6 +135,12 @@ class DialerConfig(_Section):
     context: str = "callbackd-bridge"
     # {number} is replaced by the client's E.164 number (+ and digits only).
     dial_pattern: str = "PJSIP/{number}@trunk"
+    # When set, replaces dial_pattern: the client leg through the PBX's own routing, e.g.
+    # "Local/{national}@from-internal" (FreePBX outbound routes) or "PJSIP/{e164}@trunk";
+    # one of {e164} {national} {digits} {international}. See domain/dialtarget.py.
+    client_target: str = ""
+    # Home country for {national} and {international}; "" means numbers.default_region.
+    client_region: str = ""
     outbound_callerid: str = ""
     operator_ring: Duration = timedelta(seconds=20)
     client_ring: Duration = timedelta(seconds=30)
@@ -164,6 +170,26 @@ class DialerConfig(_Section):
         if re.search(r"[&,;\s${}()|\\]", rest) or not re.fullmatch(r"[A-Za-z0-9_./@:+\-]+", rest):
             raise ValueError("may hold only letters, digits and _ . / @ : + - around {number}")
         return v
+
+    @field_validator("client_target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        from callbackd.domain.dialtarget import DialTarget
+
+        if v:
+            DialTarget(v)
+        return v
+
+    @field_validator("client_region")
+    @classmethod
+    def _client_region(cls, v: str) -> str:
+        return NumbersConfig._region(v) if v else v
+
+    def client_dial_target(self):
+        """The checked client dial template, or None to use dial_pattern."""
+        from callbackd.domain.dialtarget import DialTarget
+
+        return DialTarget(self.client_target, self.client_region or "US") if self.client_target else None
 
     @field_validator("whisper_intro", "whisper_custom")
     @classmethod
@@ -447,6 +473,14 @@ class Config(_Section):
     # on one database can raise the same Linkedid. "" means the node name; a standby daemon on
     # the same Asterisk sets the same value as the main one.
     pbx: str = Field("", max_length=64)
+
+    @model_validator(mode="after")
+    def _client_region_default(self) -> Config:
+        if self.dialer.client_target and not self.dialer.client_region:
+            # Frozen sections: filled in once here so the dialer needs no other section.
+            dialer = self.dialer.model_copy(update={"client_region": self.numbers.default_region})
+            object.__setattr__(self, "dialer", dialer)
+        return self
 
     # -- domain objects built from the config ------------------------------------------
 

@@ -26,7 +26,7 @@ from callbackd.config import DialerConfig
 from callbackd.domain.detection import CALLBACK_CHANNEL_PREFIX
 from callbackd.domain.errors import InvalidNumber
 from callbackd.domain.limits import AbuseGuard
-from callbackd.domain.operators import OperatorPool
+from callbackd.domain.operators import OperatorPool, dial_channel
 from callbackd.domain.outcomes import (
     Outcome,
     client_leg_outcome,
@@ -64,6 +64,9 @@ class Run:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     bridged: int = 0
+    # Bridge id -> channels seen entering it. Only the bridge our own channel is in counts:
+    # an operator reached through a Local channel (FreePBX members) has a bridge of its own.
+    bridges: dict[str, set[str]] = field(default_factory=dict)
     client_answered_at: datetime | None = None
     operator_answered_at: datetime | None = None
     client_channel: str | None = None
@@ -333,8 +336,10 @@ class Dialer:
             )
             self._mark(run, AttemptStatus.CLIENT_RINGING)
         elif name == "BridgeEnter":
-            run.bridged += 1
-            if run.bridged == 2:
+            members = run.bridges.setdefault(ev.get("BridgeUniqueid", ""), set())
+            members.add(uniqueid)
+            if run.channel_id in members and len(members) >= 2 and run.bridged < 2:
+                run.bridged = 2
                 run.client_answered_at = self.clock()
                 log.info(
                     "bridged",
@@ -466,7 +471,8 @@ def originate_fields(
     number = E164.trusted(number)
     shown = sanitize_caller_name(name) or str(number)
     return {
-        "Channel": run.operator,
+        # The member's interface as it dials (an agent through our callbackd-agent context).
+        "Channel": dial_channel(run.operator),
         "Context": cfg.context,
         "Exten": "s",
         "Priority": "1",
@@ -476,13 +482,21 @@ def originate_fields(
         "OtherChannelId": f"{run.channel_id}-2",
         "Variable": [
             f"CBD_ATTEMPT={run.attempt_id}",
-            f"CBD_DIAL={cfg.dial_pattern.format(number=number)}",
+            f"CBD_DIAL={client_dial(cfg, number)}",
             f"CBD_DIAL_TIMEOUT={int(cfg.client_ring.total_seconds())}",
             f"CBD_OUTCID={cfg.outbound_callerid}",
             f"CBD_WHISPER={whisper(cfg, reason)}",
             f"CBD_TRY={run.try_no}",
         ],
     }
+
+
+def client_dial(cfg: DialerConfig, number: E164) -> str:
+    """The client leg's dial string: ``client_target`` when set, else ``dial_pattern``."""
+    target = cfg.client_dial_target()
+    if target is not None:
+        return target.render(number)
+    return cfg.dial_pattern.format(number=E164.trusted(number))
 
 
 def channel_ids(events: list[dict[str, str]]) -> set[str]:

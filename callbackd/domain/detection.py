@@ -9,6 +9,13 @@ each call from its first channel to the root channel's hang-up and reports:
 - :class:`Answered` when an operator picks the call up (self-recovery);
 - :class:`CallEnded` once per call, answered or not, for the report denominators.
 
+Only calls that came in count. A call placed *from* the PBX (AMI Originate, call
+files: click-to-call, other dialers) also has a root channel in the trunk's
+context, but it starts in state Down with no caller number, and its first dial
+(a DialBegin with only Dest* fields) names the root channel as the one dialled.
+Such a call is dropped at that DialBegin; one that never gets a caller number
+is dropped at its end. Neither is a missed call or an offered call.
+
 It is fed dicts (header -> value), never panoramisk objects, and takes the
 clock as an argument, so tests drive it with recorded traces and no event loop.
 """
@@ -19,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+
+from callbackd.domain.operators import device_of
 
 # Every channel callbackd originates has a Uniqueid (and so a Linkedid) starting with this.
 CALLBACK_CHANNEL_PREFIX = "cbd-"
@@ -59,8 +68,12 @@ class CallTrack:
     started_at: datetime
     queue: str | None = None
     joined_at: datetime | None = None
+    left_at: datetime | None = None
     answered_at: datetime | None = None
+    # The operator's identity: the queue member's interface (AgentConnect's Interface), or
+    # the device of the answering channel for a plain Dial; see operators.device_of.
     agent: str | None = None
+    agent_name: str | None = None
     hold_time: int | None = None
     abandoned_at: datetime | None = None
     ended_at: datetime | None = None
@@ -70,6 +83,11 @@ class CallTrack:
     # as opposed to the PBX ending the call (busy, time-out, dialplan Hangup()).
     hangup_requested: bool = False
     missed: MissReason | None = None
+    # Started Down with no caller number: not yet known to be an inbound call.
+    unconfirmed: bool = False
+    # Uniqueids of the channels the queue rang (AgentCalled): their DialEnd ANSWER comes
+    # before AgentConnect, which is the one that carries the member and HoldTime.
+    member_legs: set[str] = field(default_factory=set)
     last_seen: datetime = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -131,6 +149,16 @@ def _dialled_number(dial_string: str) -> str:
     return target if digits.isdigit() and len(digits) >= 6 else ""
 
 
+# What AMI shows for a channel without a caller number.
+_NO_NUMBER = frozenset({"", "<unknown>"})
+CHANNEL_STATE_DOWN = "0"
+
+
+def _unconfirmed(ev: Mapping[str, str]) -> bool:
+    """A root channel that starts Down with no caller number: how outbound calls begin."""
+    return ev.get("ChannelState") == CHANNEL_STATE_DOWN and ev.get("CallerIDNum", "") in _NO_NUMBER
+
+
 def _seconds(a: datetime | None, b: datetime | None) -> int:
     if a is None or b is None:
         return 0
@@ -167,7 +195,8 @@ class Detector:
         handler = getattr(self, f"_on_{name}", None)
         if handler is None:
             return []
-        linkedid = event.get("Linkedid") or ""
+        # An Originate's first DialBegin has no calling channel, only Dest* fields.
+        linkedid = event.get("Linkedid") or event.get("DestLinkedid") or ""
         if not linkedid:
             return []
         return handler(event, linkedid, now)
@@ -204,7 +233,28 @@ class Detector:
             did=ev.get("Exten", ""),
             context=ev.get("Context", ""),
             started_at=now,
+            unconfirmed=_unconfirmed(ev),
         )
+        return []
+
+    def _on_NewCallerid(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        """Late caller numbers (analog/DAHDI trunks) and dialplan rewrites of CALLERID(num).
+
+        The number is followed until the call is decided (missed or answered): what was
+        reported then is what the request holds.
+        """
+        call = self._track(linkedid, now)
+        if call is None or ev.get("Uniqueid") != linkedid or call.answered or call.missed is not None:
+            return []
+        number = ev.get("CallerIDNum", "")
+        if number in _NO_NUMBER:
+            return []
+        if not self._is_client(number):
+            del self.calls[linkedid]  # an extension or one of our own numbers after all
+            return []
+        call.caller_num = number
+        call.caller_name = ev.get("CallerIDName", call.caller_name)
+        call.unconfirmed = False
         return []
 
     def _track(self, linkedid: str, now: datetime) -> CallTrack | None:
@@ -226,12 +276,28 @@ class Detector:
         call.joined_at = now
         return []
 
+    def _on_QueueCallerLeave(
+        self, ev: Mapping[str, str], linkedid: str, now: datetime
+    ) -> list[DetectorEvent]:
+        call = self._track(linkedid, now)
+        if call is not None and call.queue is not None and ev.get("Queue") == call.queue:
+            call.left_at = now
+        return []
+
+    def _on_AgentCalled(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        call = self._track(linkedid, now)
+        if call is not None and ev.get("DestUniqueid"):
+            call.member_legs.add(ev["DestUniqueid"])
+        return []
+
     def _on_AgentConnect(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
+        """The queue's answer: HoldTime is Asterisk's own, Interface the member who took it."""
         call = self._track(linkedid, now)
         if call is None or call.answered:
             return []
         call.hold_time = _int(ev.get("HoldTime"))
-        return self._answer(call, ev.get("MemberName") or ev.get("Interface"), now)
+        call.agent_name = ev.get("MemberName") or None
+        return self._answer(call, ev.get("Interface") or ev.get("MemberName"), now)
 
     def _on_QueueCallerAbandon(
         self, ev: Mapping[str, str], linkedid: str, now: datetime
@@ -262,6 +328,10 @@ class Detector:
 
     def _on_DialBegin(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
         call = self._track(linkedid, now)
+        if call is not None and not ev.get("Uniqueid") and ev.get("DestUniqueid") == linkedid:
+            # Originate-shaped: nobody called in, the PBX dialled this channel out.
+            del self.calls[linkedid]
+            return []
         if call is not None:
             call.dialled = True
         elif (
@@ -284,7 +354,11 @@ class Detector:
         call = self._track(linkedid, now)
         if call is None or call.answered or ev.get("DialStatus") != "ANSWER":
             return []
-        return self._answer(call, ev.get("DestCallerIDNum") or ev.get("DestChannel"), now)
+        if ev.get("Uniqueid") != linkedid:
+            return []  # a Local channel's own Dial (FreePBX members): the root's dial decides
+        if ev.get("DestUniqueid") in call.member_legs:
+            return []  # a queue member: AgentConnect follows with the member and the hold time
+        return self._answer(call, device_of(ev.get("DestChannel", "")) or None, now)
 
     def _on_UserEvent(self, ev: Mapping[str, str], linkedid: str, now: datetime) -> list[DetectorEvent]:
         """``UserEvent(CallbackdMark,Reason: after_hours)`` from dialplans/ marks a call."""
@@ -299,25 +373,30 @@ class Detector:
         if ev.get("Uniqueid") != linkedid:
             return []
         call = self.calls.pop(linkedid, None)
-        if call is None:
+        if call is None or call.unconfirmed:
             return []
         call.ended_at = now
         out: list[DetectorEvent] = []
         if not call.answered and call.missed is None:
+            waited = _seconds(call.started_at, now)
             if call.after_hours:
                 reason = MissReason.AFTER_HOURS
             elif call.queue is not None:
                 reason = MissReason.QUEUE_TIMEOUT
+                # The time in the queue, not the whole call (IVR and goodbye included).
+                waited = call.hold_time
+                if waited is None:
+                    waited = _seconds(call.joined_at, call.left_at or now)
             elif call.dialled:
                 reason = MissReason.NO_ANSWER
             else:
                 reason = MissReason.IVR_HANGUP
-            out.extend(self._miss(call, reason, _seconds(call.started_at, now), now))
+            out.extend(self._miss(call, reason, waited, now))
         out.append(CallEnded(call))
         return out
 
     def _miss(self, call: CallTrack, reason: MissReason, waited: int, now: datetime) -> list[DetectorEvent]:
-        if call.missed is not None:
+        if call.missed is not None or call.unconfirmed:
             return []
         call.missed = reason
         return [
@@ -357,7 +436,7 @@ class Detector:
             lid = ch.get("Linkedid", "")
             if ch.get("Uniqueid") != lid or lid in self.calls or not self._counts(ch):
                 continue
-            if not self._is_client(ch.get("CallerIDNum", "")):
+            if not self._is_client(ch.get("CallerIDNum", "")) or _unconfirmed(ch):
                 continue
             call = CallTrack(
                 linkedid=lid,

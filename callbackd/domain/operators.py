@@ -1,14 +1,56 @@
-"""Which operator is free, from queue member events.
+"""Which operator is free, from queue member events, and how to ring them.
 
 A registered phone is not a free operator. An operator is free only when the
 device is NOT_INUSE, the member is not paused, not in wrap-up after its last
 call, and not already reserved by one of our own callbacks.
+
+One operator has one identity everywhere (pool, attempts, calls, reports): the
+queue member's interface as Asterisk keys members (QueueMemberStatus/AgentConnect
+``Interface``, QueueStatus ``Location``), e.g. ``PJSIP/op1``,
+``Local/201@from-queue/n`` (FreePBX) or ``Agent:1001`` (app_agent_pool). Its state
+comes from ``StateInterface`` (``hint:201@ext-local`` on FreePBX), which is never
+dialled; the member name is kept for display.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+# Our dialplan context that reaches a logged-in app_agent_pool agent (AgentRequest).
+AGENT_CONTEXT = "callbackd-agent"
+_DIALLABLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./@:+\-]{0,127}")
+_AGENT = re.compile(r"Agent[:/]([0-9A-Za-z_\-]{1,40})")
+# A channel name's unique suffix: PJSIP/op1-0000002a, Local/201@from-queue-00000003;1.
+_CHANNEL_SUFFIX = re.compile(r"-[0-9a-f]{6,}(;[12])?$")
+
+
+class UndialableMember(ValueError):
+    """A member interface that cannot be put in an Originate's Channel as it is."""
+
+
+def dial_channel(interface: str) -> str:
+    """What an Originate rings to reach the member ``interface``.
+
+    Channel technologies dial as they are (``PJSIP/op1``, ``SIP/201``, ``IAX2/201``,
+    ``Local/201@from-queue/n``); an agent (``Agent:1001``) is not a channel, so it is
+    reached through our ``callbackd-agent`` context, which runs ``AgentRequest(1001)``.
+    Anything else (a ``hint:`` state interface, characters an AMI header or a dial
+    string would act on) is refused.
+    """
+    agent = _AGENT.fullmatch(interface)
+    if agent:
+        return f"Local/{agent.group(1)}@{AGENT_CONTEXT}"
+    if not _DIALLABLE.fullmatch(interface) or "/" not in interface or interface.startswith("hint:"):
+        raise UndialableMember(f"queue member interface {interface!r} cannot be dialled")
+    return interface
+
+
+def device_of(channel: str) -> str:
+    """The device behind a channel name: ``PJSIP/op1-0000002a`` -> ``PJSIP/op1``."""
+    return _CHANNEL_SUFFIX.sub("", channel)
+
 
 # Asterisk device states as QueueMemberStatus reports them.
 NOT_INUSE = 1
@@ -27,8 +69,9 @@ DEVICE_STATES = {
 
 @dataclass
 class Member:
-    interface: str
+    interface: str  # the identity, and what is dialled (through dial_channel)
     name: str
+    state_interface: str = ""
     queues: set[str] = field(default_factory=set)
     status: int = 0
     paused: bool = False
@@ -68,7 +111,7 @@ class OperatorPool:
                 count = event.get("Count") if name != "QueueParams" else event.get("Calls")
                 self.waiting[queue] = _int(count)
             return
-        interface = event.get("StateInterface") or event.get("Interface") or event.get("Location") or ""
+        interface = event.get("Interface") or event.get("Location") or ""
         if not interface or not self._wanted(queue):
             return
         if name == "QueueMemberRemoved":
@@ -85,6 +128,8 @@ class OperatorPool:
         member = self.members.setdefault(interface, Member(interface, name or interface))
         if name:
             member.name = name
+        if event.get("StateInterface"):
+            member.state_interface = event["StateInterface"]
         member.queues.add(queue)
         if "Status" in event:
             member.status = _int(event.get("Status"))
@@ -120,9 +165,13 @@ class OperatorPool:
         return not (wrapup and member.last_call and now < member.last_call + wrapup)
 
     def free(self, now: float, exclude: Iterable[str] = ()) -> list[Member]:
-        """Free members, least recently used first."""
+        """Free members we can dial, least recently used first."""
         skip = set(exclude)
-        found = [m for m in self.members.values() if m.interface not in skip and self.is_free(m, now)]
+        found = [
+            m
+            for m in self.members.values()
+            if m.interface not in skip and self.is_free(m, now) and _diallable(m.interface)
+        ]
         return sorted(found, key=lambda m: (max(m.last_used, m.last_call), m.interface))
 
     def reserve(self, interface: str, now: float) -> None:
@@ -133,3 +182,11 @@ class OperatorPool:
 
     def release(self, interface: str) -> None:
         self.reserved.discard(interface)
+
+
+def _diallable(interface: str) -> bool:
+    try:
+        dial_channel(interface)
+    except UndialableMember:
+        return False
+    return True

@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import labdaemon
 import pytest
-from labdaemon import DaemonProcess, lab_config
+from labdaemon import PROFILES, DaemonProcess, Profile, lab_config
 
 from callbackd.adapters.ami import AmiClient
 
@@ -20,7 +21,11 @@ LAB_TOOL = Path(__file__).resolve().parents[2] / "asterisk" / "lab"
 class Lab:
     """Drives asterisk/lab. Any failure fails the test with the tool's own message."""
 
+    profile: Profile = PROFILES["default"]
+
     def run(self, *args: str, timeout: float = 600) -> str:
+        if args and args[0] == "up" and "--profile" not in args:
+            args = (*args, "--profile", self.profile.name)  # a restart keeps the profile
         cmd = [sys.executable, str(LAB_TOOL), *args]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -48,6 +53,19 @@ class Lab:
     def operator(self, name: str, behaviour: str) -> str:
         """name: op1, op2, op1,op2 or all; behaviour: answer, answer:SECONDS, busy, noanswer, reject, off."""
         return self.run("operator", name, behaviour)
+
+    def use(self, profile: Profile) -> None:
+        """Switch the running lab to a profile (a reload, a second or two)."""
+        if profile != self.profile:
+            self.run("up", "--profile", profile.name)
+            self.profile = profile
+            labdaemon.ACTIVE["profile"] = profile
+
+    def member(self, op: str) -> str:
+        return self.profile.member(op)
+
+    def pause(self, op: str, queue: str = "support", on: bool = True) -> None:
+        self.run("cli", f"queue {'pause' if on else 'unpause'} member {self.member(op)} queue {queue}")
 
     def pstn(self, *args: str) -> str:
         """e.g. pstn("+15551230002", "busy,answer"), pstn("--reset"), pstn("--talk", "3")."""
@@ -78,11 +96,31 @@ def lab():
     print(helper.run("up", timeout=900))
     try:
         yield helper
+        # Other developers' lab tests expect the default profile: always leave it so.
+        helper.use(PROFILES["default"])
         if not was_up:
             helper.run("down")
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+@pytest.fixture(scope="session", params=list(PROFILES))
+def profile(request) -> Profile:
+    """Tests that take this run once per lab profile (default, then freepbx)."""
+    return PROFILES[request.param]
+
+
+@pytest.fixture(autouse=True)
+def _lab_profile(request):
+    """Every lab test runs on its profile: ``profile``'s when it asks for one, else default."""
+    if "lab" in request.fixturenames:
+        lab = request.getfixturevalue("lab")
+        wanted = (
+            request.getfixturevalue("profile") if "profile" in request.fixturenames else PROFILES["default"]
+        )
+        lab.use(wanted)
+    yield
 
 
 class Watch:
@@ -134,9 +172,9 @@ def fresh(lab):
     lab.pstn("--talk", "3")
     for op in ("op1", "op2"):
         for queue in ("support", "sales"):
-            lab.run("cli", f"queue unpause member PJSIP/{op} queue {queue}")
+            lab.pause(op, queue, on=False)
     yield
     lab.operator("op1,op2", "answer")
     lab.pstn("--ring", "0.5")
     for op in ("op1", "op2"):
-        lab.run("cli", f"queue unpause member PJSIP/{op} queue support")
+        lab.pause(op, on=False)

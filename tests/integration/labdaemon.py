@@ -9,12 +9,60 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_CONFIG = ROOT / "asterisk" / "callbackd-lab.toml"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A lab profile (asterisk/lab up --profile NAME) and what the tests need to know of it."""
+
+    name: str
+    members: dict[str, str]  # lab operator -> queue member interface (the operator's identity)
+    manual_context: str  # where an operator's phone dials out
+    national_manual: bool  # the outbound route wants national numbers (2025550142), not +E.164
+    config: dict[str, str]  # replacements in callbackd-lab.toml
+
+    def member(self, op: str) -> str:
+        return self.members[op]
+
+    def manual_number(self, e164: str) -> str:
+        return e164.removeprefix("+1") if self.national_manual else e164
+
+
+PROFILES = {
+    "default": Profile(
+        "default",
+        {"op1": "PJSIP/op1", "op2": "PJSIP/op2"},
+        "from-operators",
+        False,
+        {},
+    ),
+    # FreePBX shape: Local members with hint state, the client leg and manual calls through the
+    # outbound route (its caller ID, its recording); the trunk Dial runs in macro-dialout-trunk.
+    "freepbx": Profile(
+        "freepbx",
+        {"op1": "Local/201@from-queue/n", "op2": "Local/202@from-queue/n"},
+        "from-internal",
+        True,
+        {
+            'outbound_contexts = ["from-operators"]': 'outbound_contexts = ["macro-dialout-trunk"]',
+            'dial_pattern = "PJSIP/{number}@pstn"': 'client_target = "Local/{national}@from-internal"',
+            "outbound_callerid = '\"Lab Company\" <+12025550100>'": 'outbound_callerid = ""',
+        },
+    ),
+}
+# The profile the lab runs now; set by the integration conftest when it switches.
+ACTIVE: dict[str, Profile] = {"profile": PROFILES["default"]}
+
+
+def active_profile() -> Profile:
+    return ACTIVE["profile"]
 
 
 def lab_config(
@@ -31,7 +79,7 @@ def lab_config(
     )
     text = text.replace('format = "console"', 'format = "json"')
     text = text.replace("/tmp/callbackd-lab/status.json", f"{tmp_path}/status.json")
-    for old, new in (replace or {}).items():
+    for old, new in {**active_profile().config, **(replace or {})}.items():
         assert old in text, old
         text = text.replace(old, new)
     path = tmp_path / "callbackd.toml"

@@ -5,15 +5,18 @@ requests without dialling them."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 import httpx
 import pytest
 from labdaemon import cli, lab_config, requests_json
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("profile")]
 
 TOKEN = "lab-http-token-0123456789"
 
@@ -30,10 +33,10 @@ def paused(lab):
     lab.operator("op1,op2", "answer")
     lab.pstn("--reset")
     for op in ("op1", "op2"):
-        lab.run("cli", f"queue pause member PJSIP/{op} queue support")
+        lab.pause(op)
     yield
     for op in ("op1", "op2"):
-        lab.run("cli", f"queue unpause member PJSIP/{op} queue support")
+        lab.pause(op, on=False)
 
 
 async def call(lab, number, hangup_after, to="100", *extra):
@@ -178,22 +181,22 @@ async def test_self_recovery_by_a_call_in_and_by_a_manual_call(lab, paused, daem
     # callbackd holds back while the caller waits, so the live call wins.
     task = asyncio.create_task(call(lab, "2025550141", 12))
     await asyncio.sleep(3)
-    lab.run("cli", "queue unpause member PJSIP/op1 queue support")
+    lab.pause("op1", on=False)
     rec = await wait(daemon, "request.recovered", 20, how="client_called_in")
     assert rec["number"] == "+12025550141"
     await task
-    lab.run("cli", "queue pause member PJSIP/op1 queue support")
+    lab.pause("op1")
 
     # An operator calls the other client by hand from the phone, and the client answers.
-    await watch_originate_manual(watch, "PJSIP/op2", "+12025550142")
+    await watch_originate_manual(watch, "PJSIP/op2", "+12025550142", lab.profile)
     rec = await wait(daemon, "request.recovered", 20, how="operator_called")
     assert rec["number"] == "+12025550142"
     statuses = {r["number"]: r["status"] for r in requests_json(daemon.config, "list", "--json")}
     assert statuses == {"+12025550141": "recovered", "+12025550142": "recovered"}
 
 
-async def watch_originate_manual(watch, operator: str, number: str) -> None:
-    """The lab places a call from an operator's phone to an outside number."""
+async def watch_originate_manual(watch, operator: str, number: str, profile) -> None:
+    """The lab places a call from an operator's phone to an outside number (as the phone dials it)."""
     from callbackd.adapters.ami import AmiClient
 
     client = AmiClient(
@@ -204,8 +207,8 @@ async def watch_originate_manual(watch, operator: str, number: str) -> None:
         fut = client.originate(
             {
                 "Channel": operator,
-                "Context": "from-operators",
-                "Exten": number,
+                "Context": profile.manual_context,
+                "Exten": profile.manual_number(number),
                 "Priority": "1",
                 "Timeout": "10000",
             }
@@ -222,7 +225,7 @@ async def test_ami_reconnect_resyncs_and_never_duplicates(lab, paused, daemon_fa
     await wait(daemon, "request.stored", 15, number="+12025550151")
     lab.run("up", "--restart")
     for op in ("op1", "op2"):
-        lab.run("cli", f"queue pause member PJSIP/{op} queue support")
+        lab.pause(op)
     login = await wait(daemon, "ami.login", 40, reconnects=1)
     assert login["gap_s"] > 0
     await wait(daemon, "ami.resynced", 20)
@@ -230,3 +233,40 @@ async def test_ami_reconnect_resyncs_and_never_duplicates(lab, paused, daemon_fa
     merged = await wait(daemon, "request.stored", 15, merged=True)
     assert merged["number"] == "+12025550151"
     assert len(requests_json(daemon.config, "list", "--json")) == 1
+
+
+async def test_an_originate_into_the_inbound_context_is_neither_missed_nor_offered(
+    lab, paused, daemon_factory, tmp_path
+):
+    """A CRM's click-to-call or another dialer: the PBX dials out, the call runs in from-pstn."""
+    from callbackd.adapters.ami import AmiClient
+
+    daemon = daemon_factory()
+    start = datetime.now(UTC) - timedelta(seconds=5)
+    client = AmiClient(
+        host="127.0.0.1", port=5038, username="lab", secret="lab-admin-secret", on_event=lambda e: None
+    )
+    await client.start()
+    try:
+        replies = await asyncio.wait_for(
+            client.originate(
+                {
+                    "Channel": "PJSIP/+12025550161@pstn",
+                    "Context": "from-pstn",
+                    "Exten": "105",
+                    "Priority": "1",
+                    "Timeout": "10000",
+                }
+            ),
+            20,
+        )
+        assert replies[-1].get("Reason") == "4"
+    finally:
+        await client.close()
+    await asyncio.sleep(5)  # the PSTN side hangs up after 3 s
+    await call(lab, "2025550162", 7)  # a real abandon after it, as a witness that detection runs
+    await wait(daemon, "call.missed", 20, number="2025550162")
+    assert [e["number"] for e in daemon.events("call.missed")] == ["2025550162"]
+    end = datetime.now(UTC) + timedelta(seconds=5)
+    calls = cli(daemon.config, "export", "calls", "--from", start.isoformat(), "--to", end.isoformat()).stdout
+    assert len(list(csv.DictReader(io.StringIO(calls)))) == 1  # only the witness was offered

@@ -4,14 +4,16 @@ live callers first, and a kill -9 mid-call without a second dial."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from labdaemon import DaemonProcess, cli, lab_config, requests_json
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("profile")]
 
 
 async def wait(daemon, name, timeout=30, **match):
@@ -34,22 +36,22 @@ def show(config, number: str) -> dict:
 
 async def test_operator_who_does_not_answer_then_one_who_does(lab, fresh, daemon_factory, tmp_path):
     lab.operator("op1", "noanswer")
-    lab.run("cli", "queue pause member PJSIP/op2 queue support")  # only op1 is free at first
+    lab.pause("op2")  # only op1 is free at first
     daemon = daemon_factory()
     add(daemon.config, "+12025550201")
     first = await wait(daemon, "operator.ringing", 15)
-    assert first["operator"] == "PJSIP/op1"
-    lab.run("cli", "queue unpause member PJSIP/op2 queue support")
+    assert first["operator"] == lab.member("op1")
+    lab.pause("op2", on=False)
     out1 = await wait(daemon, "attempt.outcome", 30, attempt_id=first["attempt_id"])
     assert out1["outcome"] == "operator_no_answer" and out1["counted"] is False
-    second = await wait(daemon, "operator.ringing", 15, operator="PJSIP/op2")
+    second = await wait(daemon, "operator.ringing", 15, operator=lab.member("op2"))
     out2 = await wait(daemon, "attempt.outcome", 40, attempt_id=second["attempt_id"])
     assert out2["outcome"] == "answered" and out2["request_status"] == "reached"
     req = show(daemon.config, "+12025550201")
     assert req["attempts"] == 1  # the operator's failure did not use a client try
     assert [(a["operator"], a["outcome"], a["try"]) for a in req["attempts_detail"]] == [
-        ("PJSIP/op1", "operator_no_answer", 1),
-        ("PJSIP/op2", "answered", 1),
+        (lab.member("op1"), "operator_no_answer", 1),
+        (lab.member("op2"), "answered", 1),
     ]
 
 
@@ -100,7 +102,8 @@ async def test_never_more_calls_at_once_than_the_cap(lab, fresh, daemon_factory,
     peak = 0
     for e in watch.events:
         uid = e.get("Uniqueid", "")
-        if not uid.startswith("cbd-"):
+        # One callback is one root channel; a Local operator adds its ;2 half (cbd-<id>-2).
+        if not uid.startswith("cbd-") or e.get("Linkedid") != uid:
             continue
         if e.get("Event") == "Newchannel":
             live.add(uid)
@@ -158,3 +161,34 @@ async def test_kill_9_while_ringing_then_restart_never_dials_twice(lab, fresh, w
     assert req["status"] == "reached" and len(req["attempts_detail"]) == 1
     # The PSTN side received exactly one call for this client.
     assert len(pstn_invites(lab, "2025550241")) == before + 1
+
+
+@pytest.mark.parametrize("profile", ["freepbx"], indirect=True)
+async def test_freepbx_callback_rings_the_local_member_and_goes_out_through_the_route(
+    lab, profile, fresh, daemon_factory, watch, tmp_path
+):
+    """The FreePBX shape end to end: the Local member rings, the client leg takes the outbound
+    route (the route's caller ID reaches the PSTN) and the route's MixMonitor records it."""
+    lab.pause("op2")
+    daemon = daemon_factory()
+    add(daemon.config, "+12025550251")
+    ringing = await wait(daemon, "operator.ringing", 15)
+    assert ringing["operator"] == "Local/201@from-queue/n"
+    out = await wait(daemon, "attempt.outcome", 40, attempt_id=ringing["attempt_id"])
+    assert out["outcome"] == "answered" and out["request_status"] == "reached"
+    [invite] = [json.loads(line) for line in pstn_invites(lab, "2025550251")[-1:]]
+    assert invite["caller"] == "+12025550199"  # the route's caller ID, not the operator's or the client's
+    lid = f"cbd-{ringing['attempt_id']}"
+    trunk = [e for e in watch.of("DialBegin", Context="macro-dialout-trunk") if e["Linkedid"] == lid]
+    assert [e["DialString"] for e in trunk] == ["+12025550251@pstn"]
+    mixmonitor = [e for e in watch.of("Newexten", Application="MixMonitor") if e["Linkedid"] == lid]
+    assert mixmonitor, "the outbound route's recording hook did not run"
+    path = mixmonitor[-1]["AppData"].split(",")[0]
+    assert "/out-2025550251-" in path
+    recording = Path(lab.status()["asterisk"]["root"]) / path.lstrip("/")
+    for _ in range(50):
+        if recording.exists():
+            break
+        await asyncio.sleep(0.1)
+    # The lab's phones send no audio, so the file holds a WAV header only: its existence is the proof.
+    assert recording.exists(), recording

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from labdaemon import cli, lab_config
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("profile")]
 
 A, B, C, D, E = "2025550301", "2025550302", "2025550303", "2025550304", "2025550305"
 
@@ -26,7 +26,7 @@ async def call(lab, number, hangup_after, to="100"):
 
 def pause(lab, *ops, on=True):
     for op in ops:
-        lab.run("cli", f"queue {'pause' if on else 'unpause'} member PJSIP/{op} queue support")
+        lab.pause(op, on=on)
 
 
 async def test_report_figures_match_a_mixed_session(lab, daemon_factory, tmp_path):
@@ -85,3 +85,23 @@ async def test_report_figures_match_a_mixed_session(lab, daemon_factory, tmp_pat
     exported = list(csv.DictReader(io.StringIO(calls)))
     assert len(exported) == 6
     assert all(r["started_at"].endswith("+00:00") for r in exported)
+
+    # By operator: one row per person. Calls name the queue member (AgentConnect's Interface),
+    # attempts the member the callback rang: the same key, never a caller ID number.
+    out = cli(
+        config,
+        "report",
+        "--from",
+        start.isoformat(),
+        "--to",
+        end.isoformat(),
+        "--by",
+        "operator",
+        "--format",
+        "csv",
+    )
+    keys = [r["operator"] for r in csv.DictReader(io.StringIO(out.stdout)) if r["operator"] != "TOTAL"]
+    people = [k for k in keys if k]
+    assert (
+        people and set(people) <= {lab.member("op1"), lab.member("op2")} and len(people) == len(set(people))
+    ), keys

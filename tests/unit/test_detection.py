@@ -124,8 +124,10 @@ def test_answered_queue_call_is_not_missed_and_reports_answer():
             ev("Hangup"),
         ],
     )
-    assert isinstance(out[0], Answered) and out[0].agent == "op1"
+    # The operator's identity is the member interface (the same key as attempts); the name is kept.
+    assert isinstance(out[0], Answered) and out[0].agent == "PJSIP/op1"
     assert isinstance(out[1], CallEnded) and out[1].call.answered and out[1].call.hold_time == 4
+    assert out[1].call.agent_name == "op1"
     assert not any(isinstance(o, Missed) for o in out)
 
 
@@ -276,3 +278,187 @@ def test_a_callback_leg_is_never_an_offered_call():
     channel = {"Linkedid": lid, "Uniqueid": lid, "Context": "callbackd-bridge", "CallerIDNum": "+12025550143"}
     assert det.resync([{**channel, "Duration": "00:00:09", "BridgeId": "b1"}], [], T0) == []
     assert det.calls == {}
+
+
+# -- calls the PBX placed, late caller numbers, queue answers and waits --------------------------
+
+
+def originate_dial(uid=LID, dialstring="+15551230041@pstn"):
+    """An Originate's first DialBegin: no calling channel, only the dialled one."""
+    return {
+        "Event": "DialBegin",
+        "DestChannel": "PJSIP/pstn-00000000",
+        "DestUniqueid": uid,
+        "DestLinkedid": uid,
+        "DialString": dialstring,
+    }
+
+
+def test_an_originate_with_a_caller_id_into_the_trunk_context_is_not_an_inbound_call():
+    """Failed before the fix: a missed call (and an offered call) from the Originate's CallerID."""
+    det = Detector()
+    down = ev("Newchannel", CallerIDNum="15550000000", Context="from-pstn", Exten="s", ChannelState="0")
+    out = run(
+        det,
+        [
+            down,
+            originate_dial(),
+            ev("Newstate", ChannelState="6"),
+            ev("QueueCallerJoin", Queue="support"),
+            ev("HangupRequest"),
+            ev("QueueCallerAbandon", Queue="support", HoldTime="3"),
+            ev("Hangup"),
+        ],
+    )
+    assert out == [] and det.calls == {}
+
+
+def test_a_call_that_starts_down_with_no_number_and_never_gets_one_is_not_counted():
+    """Other outbound shapes (call files, no DialBegin seen). Failed before: an ivr_hangup from <unknown>."""
+    det = Detector()
+    out = run(det, [newchannel(caller="<unknown>", exten="s") | {"ChannelState": "0"}, ev("Hangup")])
+    assert out == []
+
+
+def test_manual_outbound_recovery_still_works_for_an_originate_to_the_operators_phone():
+    """Click-to-call: the PBX rings the operator, whose channel then dials the client."""
+    det = Detector(DetectionRules(outbound_contexts=frozenset({"from-internal"})))
+    lid = "1795400300.1"
+    op = {"Linkedid": lid, "Uniqueid": lid}
+    out = []
+    for e in [
+        {
+            "Event": "Newchannel",
+            **op,
+            "Context": "from-internal",
+            "ChannelState": "0",
+            "CallerIDNum": "<unknown>",
+        },
+        originate_dial(uid=lid, dialstring="op1"),
+        {
+            "Event": "DialBegin",
+            **op,
+            "Context": "from-internal",
+            "DestUniqueid": "1795400300.2",
+            "DialString": "+12025550171@trunk",
+        },
+        {"Event": "DialEnd", **op, "DestUniqueid": "1795400300.2", "DialStatus": "ANSWER"},
+    ]:
+        out.extend(det.feed(e, T0))
+    assert [(type(o).__name__, o.number) for o in out] == [("OutboundAnswered", "+12025550171")]
+
+
+def test_new_callerid_updates_the_number_until_the_call_is_decided():
+    """Failed before the fix: the number stayed what Newchannel said (empty here)."""
+    det = Detector()
+    out = run(
+        det,
+        [
+            newchannel(caller="") | {"ChannelState": "4"},
+            ev("NewCallerid", CallerIDNum="79990001122", CallerIDName="Late Number"),
+            ev("QueueCallerJoin", Queue="support"),
+            ev("HangupRequest"),
+            ev("QueueCallerAbandon", Queue="support", HoldTime="5"),
+            ev("NewCallerid", CallerIDNum="79990009999"),  # decided already: not followed
+            ev("Hangup"),
+        ],
+    )
+    miss = out[0]
+    assert isinstance(miss, Missed) and (miss.caller_num, miss.caller_name) == ("79990001122", "Late Number")
+    assert out[1].call.caller_num == "79990001122"
+    # A dialplan that rewrites CALLERID(num) to an extension: not a client after all.
+    det = Detector()
+    assert run(det, [newchannel(), ev("NewCallerid", CallerIDNum="201"), ev("Hangup")]) == []
+
+
+def test_a_queue_members_dial_answer_waits_for_agent_connect():
+    """Failed before the fix: answered at DialEnd with agent '202' and no hold time."""
+    det = Detector()
+    leg = "1795400063.7"
+    out = run(
+        det,
+        [
+            newchannel(),
+            ev("QueueCallerJoin", Queue="support"),
+            ev("AgentCalled", Queue="support", DestUniqueid=leg, Interface="Local/202@from-queue/n"),
+            ev("DialEnd", DialStatus="ANSWER", DestUniqueid=leg, DestCallerIDNum="202"),
+            ev("QueueCallerLeave", Queue="support"),
+        ],
+    )
+    assert out == []
+    [answered] = det.feed(
+        ev(
+            "AgentConnect",
+            Queue="support",
+            Interface="Local/202@from-queue/n",
+            MemberName="Anna",
+            HoldTime="3",
+            DestUniqueid=leg,
+        ),
+        T0 + timedelta(seconds=5),
+    )
+    assert answered.agent == "Local/202@from-queue/n"
+    assert det.calls[LID].hold_time == 3 and det.calls[LID].agent_name == "Anna"
+
+
+def test_a_plain_dial_answer_names_the_device_not_a_caller_id():
+    det = Detector()
+    out = run(
+        det,
+        [
+            newchannel(),
+            ev("DialEnd", DialStatus="ANSWER", DestChannel="PJSIP/op1-0000002a", DestCallerIDNum="201"),
+        ],
+    )
+    assert out[0].agent == "PJSIP/op1"
+
+
+def test_a_queue_time_out_without_a_hold_time_waited_from_join_to_leave():
+    """Failed before the fix: waited was the whole call (0 s to the hang-up at 9 s here)."""
+    det = Detector()
+    at = {
+        0: newchannel(),
+        2: ev("QueueCallerJoin", Queue="support"),
+        7: ev("QueueCallerLeave", Queue="support"),
+        9: ev("Hangup"),
+    }
+    out = []
+    for sec, e in at.items():
+        out.extend(det.feed(e, T0 + timedelta(seconds=sec)))
+    assert out[0].reason is MissReason.QUEUE_TIMEOUT and out[0].waited == 5
+
+
+def test_a_local_members_inner_dial_is_not_the_answer():
+    """FreePBX: the queue rings Local/201@from-queue/n, whose ;2 half dials PJSIP/op1; that inner
+    DialEnd ANSWER comes first and named PJSIP/op1 as the agent (seen in the freepbx lab profile)."""
+    det = Detector()
+    local1, local2, phone = "1795400063.7", "1795400063.8", "1795400063.9"
+    out = run(
+        det,
+        [
+            newchannel(),
+            ev("QueueCallerJoin", Queue="support"),
+            ev("AgentCalled", Queue="support", DestUniqueid=local1, Interface="Local/201@from-queue/n"),
+            ev(
+                "DialEnd",
+                Uniqueid=local2,
+                DialStatus="ANSWER",
+                DestUniqueid=phone,
+                DestChannel="PJSIP/op1-0000002a",
+            ),
+            ev(
+                "DialEnd",
+                DialStatus="ANSWER",
+                DestUniqueid=local1,
+                DestChannel="Local/201@from-queue-00000003;1",
+            ),
+            ev(
+                "AgentConnect",
+                Queue="support",
+                Interface="Local/201@from-queue/n",
+                HoldTime="2",
+                DestUniqueid=local1,
+            ),
+        ],
+    )
+    assert [(type(o).__name__, o.agent) for o in out] == [("Answered", "Local/201@from-queue/n")]

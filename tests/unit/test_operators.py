@@ -1,4 +1,6 @@
-from callbackd.domain.operators import OperatorPool
+import pytest
+
+from callbackd.domain.operators import OperatorPool, UndialableMember, device_of, dial_channel
 
 
 def member(interface, status="1", paused="0", queue="support", **extra):
@@ -81,3 +83,108 @@ def test_removed_member_is_forgotten():
     pool.update(member("PJSIP/op1"))
     pool.update({"Event": "QueueMemberRemoved", "Queue": "support", "Interface": "PJSIP/op1"})
     assert pool.free(0.0) == []
+
+
+def test_every_member_type_is_dialled_by_its_interface_and_watched_by_its_state_interface():
+    """FreePBX members are Local/201@from-queue/n with StateInterface hint:201@ext-local; the
+    pool used to key (and so dial) them by the hint, which is no channel (failed before the fix)."""
+    pool = OperatorPool(["support", "sales"])
+    rows = [
+        ("Local/201@from-queue/n", "hint:201@ext-local", "Anna"),
+        ("PJSIP/202", "PJSIP/202", "Boris"),
+        ("SIP/203", "SIP/203", "Clara"),
+        ("IAX2/204", "IAX2/204", "Dmitri"),
+        ("Agent:1001", "Agent:1001", "Eva"),
+    ]
+    for queue in ("support", "sales"):
+        for interface, state, name in rows:
+            pool.update(
+                {
+                    "Event": "QueueMemberStatus",
+                    "Queue": queue,
+                    "Interface": interface,
+                    "StateInterface": state,
+                    "MemberName": name,
+                    "Status": "1",
+                    "Paused": "0",
+                }
+            )
+    free = pool.free(0.0)
+    # One member per person across both queues, keyed by the interface.
+    assert sorted(m.interface for m in free) == sorted(r[0] for r in rows)
+    anna = pool.members["Local/201@from-queue/n"]
+    assert (anna.name, anna.state_interface, anna.queues) == (
+        "Anna",
+        "hint:201@ext-local",
+        {"support", "sales"},
+    )
+    assert [dial_channel(m.interface) for m in sorted(free, key=lambda m: m.name)] == [
+        "Local/201@from-queue/n",
+        "PJSIP/202",
+        "SIP/203",
+        "IAX2/204",
+        "Local/1001@callbackd-agent",
+    ]
+    # The device's state follows the state interface: busy on the hint, busy member.
+    pool.update(
+        {
+            "Event": "QueueMemberStatus",
+            "Queue": "support",
+            "Interface": "Local/201@from-queue/n",
+            "StateInterface": "hint:201@ext-local",
+            "Status": "2",
+        }
+    )
+    assert "Local/201@from-queue/n" not in [m.interface for m in pool.free(0.0)]
+
+
+def test_queue_status_rows_key_members_by_location():
+    pool = OperatorPool(["support"])
+    pool.resync(
+        [
+            {
+                "Event": "QueueMember",
+                "Queue": "support",
+                "Location": "Local/201@from-queue/n",
+                "StateInterface": "hint:201@ext-local",
+                "Name": "Anna",
+                "Status": "1",
+                "Paused": "0",
+                "InCall": "0",
+            }
+        ]
+    )
+    assert [m.interface for m in pool.free(0.0)] == ["Local/201@from-queue/n"]
+
+
+def test_undiallable_interfaces_are_refused_and_never_offered():
+    for bad in ("hint:201@ext-local", "PJSIP/op1\r\nAction: Command", "PJSIP/a&PJSIP/b", "op1", "Local/1,2"):
+        with pytest.raises(UndialableMember):
+            dial_channel(bad)
+    pool = OperatorPool(["support"])
+    pool.update(member("PJSIP/a&PJSIP/b"))
+    assert pool.free(0.0) == []
+
+
+def test_device_of_a_channel_is_the_interface_it_was_dialled_on():
+    assert device_of("PJSIP/op1-0000002a") == "PJSIP/op1"
+    assert device_of("SIP/203-000000f1") == "SIP/203"
+    assert device_of("Local/201@from-queue-00000003;1") == "Local/201@from-queue"
+    assert device_of("PJSIP/op1") == "PJSIP/op1"
+
+
+def test_the_originate_rings_the_members_dial_channel():
+    from types import SimpleNamespace
+
+    from callbackd.config import DialerConfig
+    from callbackd.dialer import originate_fields
+    from callbackd.domain.phone import E164
+
+    for operator, channel in [
+        ("Local/201@from-queue/n", "Local/201@from-queue/n"),
+        ("Agent:1001", "Local/1001@callbackd-agent"),
+        ("PJSIP/op1", "PJSIP/op1"),
+    ]:
+        run = SimpleNamespace(attempt_id="a1", channel_id="cbd-a1", operator=operator, try_no=1)
+        fields = originate_fields(DialerConfig(), run, "Ada", E164("+12025550123"), "queue_abandon")
+        assert fields["Channel"] == channel

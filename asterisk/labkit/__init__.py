@@ -1,0 +1,1 @@
+"""The lab behind asterisk/lab, one module per part (standard library only)."""
