@@ -127,6 +127,9 @@ def _request_dict(r: Any) -> dict[str, Any]:
         "attempts": r.attempts_made,
         "created_at": _iso(r.created_at),
         "due_at": _iso(r.due_at),
+        # Why not sooner: ladder, chosen_time, business_hours or client_hours.
+        "waits_for": r.wait_reason if r.status == "open" else None,
+        "client_zones": r.client_zones or [],
         "closed_at": _iso(r.closed_at),
         "close_reason": r.close_reason,
         "note": r.note,

@@ -214,6 +214,30 @@ class DialerConfig(_Section):
         return v
 
 
+class ClientHoursConfig(_Section):
+    """The client's own local hours, laid over the business hours for every call."""
+
+    enabled: bool = True
+    hours: dict[str, str | list[str]] = {"mon-sun": "09:00-21:00"}
+    # Number ranges whose zone phonenumbers cannot tell (most mobiles), longest prefix first:
+    # {"+7914" = ["Asia/Vladivostok"]}. A range with several zones uses the hours common to all.
+    zones: dict[str, list[str]] = {}
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        from callbackd.domain.phone import check_zone
+
+        for prefix, zones in v.items():
+            if not re.fullmatch(r"\+[0-9]{1,15}", prefix):
+                raise ValueError(f"prefix {prefix!r} must be '+' and digits, e.g. +7914")
+            if not zones:
+                raise ValueError(f"{prefix}: give at least one time zone")
+            for zone in zones:
+                check_zone(zone)
+        return v
+
+
 class ScheduleConfig(_Section):
     timezone: str = "UTC"
     hours: dict[str, str | list[str]] = {"mon-fri": ["09:00-18:00"]}
@@ -222,6 +246,7 @@ class ScheduleConfig(_Section):
     max_attempts: int = Field(5, ge=1, le=20)
     max_age: Duration = timedelta(days=7)
     opening_spread: Duration = timedelta(minutes=5)
+    client: ClientHoursConfig = ClientHoursConfig()
 
     @model_validator(mode="after")
     def _buildable(self) -> ScheduleConfig:
@@ -241,11 +266,17 @@ def build_calendar(s: ScheduleConfig):
 
 
 def build_schedule(s: ScheduleConfig):
+    from callbackd.domain.calendar import ClientWindow
     from callbackd.domain.ladder import RetryLadder, Schedule
 
     ladder = RetryLadder(delays=tuple(s.delays), max_attempts=s.max_attempts)
     return Schedule(
-        ladder=ladder, calendar=build_calendar(s), max_age=s.max_age, opening_spread=s.opening_spread
+        ladder=ladder,
+        calendar=build_calendar(s),
+        max_age=s.max_age,
+        opening_spread=s.opening_spread,
+        client_window=ClientWindow.from_spec(s.client.hours) if s.client.enabled else None,
+        zone_prefixes={p: tuple(z) for p, z in s.client.zones.items()},
     )
 
 

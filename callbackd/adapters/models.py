@@ -96,6 +96,12 @@ class Request(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claim_expires: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # IANA zones the client may be in (several when the number cannot tell); empty: unknown.
+    client_zones: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    # Why due_at is not sooner (ladder, chosen_time, business_hours, client_hours).
+    wait_reason: Mapped[str | None] = mapped_column(String(24))
+    # preferred_at was chosen by the client (form, phone, CLI): merges keep it.
+    time_chosen: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
     __table_args__ = (
         Index(

@@ -62,6 +62,13 @@ class LeadForm(BaseModel):
         AwareDatetime | None,
         Field(description="ISO 8601 with an offset, e.g. 2026-03-02T15:30:00+01:00; not before this"),
     ] = None
+    timezone: Annotated[
+        str | None,
+        Field(
+            max_length=64,
+            description="The client's IANA time zone, e.g. Asia/Vladivostok; default: from the number",
+        ),
+    ] = None
     id: Annotated[
         str | None,
         Field(
@@ -75,6 +82,13 @@ class LeadForm(BaseModel):
     @classmethod
     def _printable(cls, v: str) -> str:
         return _CONTROL.sub("", v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        from callbackd.domain.phone import check_zone
+
+        return check_zone(v) if v else None
 
     @field_validator("preferred_time")
     @classmethod
@@ -144,6 +158,7 @@ def to_contact(form: LeadForm, source: Source, now: datetime, fallback_key: str 
         name=form.name,
         comment=form.comment,
         preferred_at=form.preferred_time,
+        client_tz=form.timezone,
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -18,11 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from callbackd.adapters import models as m
 from callbackd.adapters.db import sessionmaker
 from callbackd.domain.detection import CALLBACK_CHANNEL_PREFIX, CallTrack
-from callbackd.domain.errors import IllegalTransition
+from callbackd.domain.errors import IllegalTransition, NoCommonHours
 from callbackd.domain.intake import Contact, Decision, Disposition, dedup_scope
-from callbackd.domain.ladder import Schedule
+from callbackd.domain.ladder import Plan, Schedule, Wait
 from callbackd.domain.outcomes import Outcome, verdict
-from callbackd.domain.phone import sanitize_caller_name
+from callbackd.domain.phone import E164, mask, sanitize_caller_name
 from callbackd.domain.states import (
     IN_FLIGHT_ATTEMPTS,
     OPEN_STATUSES,
@@ -31,6 +32,29 @@ from callbackd.domain.states import (
     RequestStatus,
     request_transition,
 )
+
+log = structlog.get_logger("callbackd.store")
+
+
+def _log_plan(request_id: int, number: str, plan: Plan, zones: Sequence[str]) -> None:
+    """Why a request waits (or was closed), with the number masked."""
+    if plan.due is None:
+        log.info(
+            "request.closed",
+            request_id=request_id,
+            number=mask(number),
+            close_reason=plan.close_reason,
+            client_zones=list(zones),
+        )
+    else:
+        log.info(
+            "request.waits",
+            request_id=request_id,
+            number=mask(number),
+            due=plan.due.isoformat(),
+            why=plan.wait.value if plan.wait else None,
+            client_zones=list(zones),
+        )
 
 
 @dataclass(frozen=True)
@@ -166,6 +190,8 @@ class Store:
                     req = self._new_request(contact, decision)
                     s.add(req)
                     created = True
+                    await s.flush()
+                    _log_plan(req.id, req.number, self._plan_of(req), req.client_zones or ())
                 else:
                     req.contact_count += 1
                     if contact.source.value not in req.sources:
@@ -177,7 +203,11 @@ class Store:
                     req.updated_at = contact.at
                     if req.status == RequestStatus.OPEN:  # a request being dialled gets its due at the end
                         req.due_at = self.schedule.merged_due(
-                            req.due_at, contact.at, contact.preferred_at, spread_key=str(decision.number)
+                            req.due_at,
+                            contact.at,
+                            contact.preferred_at,
+                            spread_key=str(decision.number),
+                            client_zones=req.client_zones or (),
                         )
                     merged = True
                 await s.flush()
@@ -197,12 +227,23 @@ class Store:
             )
             return found.first() is not None
 
+    @staticmethod
+    def _plan_of(req: m.Request) -> Plan:
+        return Plan(req.due_at, Wait(req.wait_reason) if req.wait_reason else None, req.close_reason)
+
     def _new_request(self, contact: Contact, decision: Decision) -> m.Request:
         assert decision.number is not None
-        due = self.schedule.due_at(
-            0, None, contact.at, preferred_at=contact.preferred_at, spread_key=str(decision.number)
+        zones = self.schedule.zones_for(E164.trusted(decision.number), contact.client_tz)
+        plan = self.schedule.plan(
+            0,
+            None,
+            contact.at,
+            preferred_at=contact.preferred_at,
+            spread_key=str(decision.number),
+            client_zones=zones,
         )
-        status = RequestStatus.OPEN if due is not None else RequestStatus.EXPIRED
+        due = plan.due
+        status = RequestStatus.OPEN if due is not None else _CLOSED_BY[plan.close_reason or "max_age"]
         return m.Request(
             number=str(decision.number),
             name=decision.name,
@@ -218,7 +259,10 @@ class Store:
             operator_tries=0,
             note=contact.comment[:4000],
             closed_at=None if due is not None else contact.at,
-            close_reason=None if due is not None else "max_age",
+            close_reason=None if due is not None else plan.close_reason,
+            client_zones=list(zones),
+            wait_reason=plan.wait.value if plan.wait and due is not None else None,
+            time_chosen=contact.preferred_at is not None,
         )
 
     async def record_call(self, call: CallTrack, number: str | None) -> None:
@@ -278,7 +322,7 @@ class Store:
             return []
         async with self.session() as s, s.begin():
             q = (
-                select(m.Request.id)
+                select(m.Request.id, m.Request.client_zones)
                 .where(m.Request.status == RequestStatus.OPEN.value, m.Request.due_at <= now)
                 .order_by(m.Request.due_at)
                 .limit(limit + len(exclude_numbers))
@@ -286,7 +330,15 @@ class Store:
             )
             if exclude_numbers:
                 q = q.where(m.Request.number.not_in(list(exclude_numbers)))
-            ids = list((await s.execute(q)).scalars())[:limit]
+            ids = []
+            for rid, zones in (await s.execute(q)).all():
+                if len(ids) >= limit:
+                    break
+                if zones and not self.schedule.hours_for(zones).is_open(now):
+                    # Due in the client's day but not dialled before it ended (no free operator).
+                    await self._defer_to_client_hours(s, rid, zones, now)
+                    continue
+                ids.append(rid)
             claimed: list[m.Request] = []
             for rid in ids:
                 res = await s.execute(
@@ -302,6 +354,21 @@ class Store:
                 if res.rowcount == 1:
                     claimed.append(await s.get(m.Request, rid, populate_existing=True))
             return claimed
+
+    async def _defer_to_client_hours(
+        self, s: AsyncSession, rid: int, zones: list[str], now: datetime
+    ) -> None:
+        req = await s.get(m.Request, rid)
+        assert req is not None
+        plan = self.schedule.next_callable(now, zones)
+        if plan.due is None:
+            _apply(req, RequestEvent.FAIL, now)
+            req.close_reason = plan.close_reason
+        else:
+            req.due_at = plan.due
+            req.wait_reason = plan.wait.value if plan.wait else None
+            req.updated_at = now
+        _log_plan(req.id, req.number, plan, zones)
 
     async def unclaim(self, request_id: int, now: datetime, due_at: datetime | None = None) -> None:
         """Give a claimed request back without an attempt (no operator after all)."""
@@ -380,27 +447,38 @@ class Store:
                 req.operator_tries += 1
             event = v.event
             due: datetime | None = None
+            plan = Plan(None)
+            zones = req.client_zones or ()
             if event is RequestEvent.RETRY_LATER:
                 if v.counted:
-                    due = self.schedule.due_at(
-                        req.attempts_made, req.last_attempt_at, req.created_at, spread_key=req.number
+                    plan = self.schedule.plan(
+                        req.attempts_made,
+                        req.last_attempt_at,
+                        req.created_at,
+                        spread_key=req.number,
+                        client_zones=zones,
                     )
+                    due = plan.due
                 elif req.operator_tries < max_operator_tries:
                     due = now  # another free operator, at once
                 else:
                     req.operator_tries = 0
-                    due = self.schedule.calendar.next_open(now + operator_retry_delay)
+                    plan = self.schedule.next_callable(now + operator_retry_delay, zones)
+                    due = plan.due
                 if due is None:
                     event = (
                         RequestEvent.EXPIRE
                         if req.attempts_made < self.schedule.ladder.max_attempts
+                        and plan.close_reason != NoCommonHours.reason
                         else (RequestEvent.FAIL)
                     )
             _apply(req, event, now)
             if event is RequestEvent.RETRY_LATER:
                 req.due_at = due
+                req.wait_reason = plan.wait.value if plan.wait else None
+                _log_plan(req.id, req.number, plan if plan.due else Plan(due), zones)
             elif event is RequestEvent.FAIL:
-                req.close_reason = v.close_reason or "max_attempts"
+                req.close_reason = v.close_reason or plan.close_reason or "max_attempts"
             elif event is RequestEvent.EXPIRE:
                 req.close_reason = "max_age"
             elif event is RequestEvent.REACH:
@@ -530,6 +608,10 @@ class Store:
         async with self.session() as s:
             rows = await s.execute(select(m.Request.status, func.count()).group_by(m.Request.status))
             return {status: n for status, n in rows}
+
+
+# A request closed at birth: too old already, or the client's hours never meet ours.
+_CLOSED_BY = {"max_age": RequestStatus.EXPIRED, "no_common_hours": RequestStatus.FAILED}
 
 
 def _counted():

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from types import MappingProxyType
+from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from callbackd.domain.errors import InvalidSchedule
+from callbackd.domain.errors import InvalidSchedule, NoCommonHours
 
-__all__ = ["DAY_NAMES", "BusinessCalendar", "Interval"]
+__all__ = ["DAY_NAMES", "BusinessCalendar", "CallingHours", "ClientWindow", "Interval", "OpenHours"]
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SEARCH_DAYS = 400
@@ -97,6 +98,30 @@ def _check_intervals(day: int, intervals: Iterable[Interval]) -> tuple[Interval,
 
 def _fmt(t: time) -> str:
     return t.strftime("%H:%M") if t != END_OF_DAY else "24:00"
+
+
+def _parse_weekly(hours: Mapping[str, str | list[str]]) -> dict[int, tuple[Interval, ...]]:
+    weekly: dict[int, list[Interval]] = {}
+    for key, value in hours.items():
+        if not isinstance(key, str):
+            raise InvalidSchedule(f"day key {key!r} must be a string like 'mon-fri'")
+        if isinstance(value, str):
+            values: list[object] = [value]
+        elif isinstance(value, list | tuple):
+            values = list(value)
+        else:
+            raise InvalidSchedule(f"{key}: hours must be 'HH:MM-HH:MM' or a list of them, got {value!r}")
+        intervals = [_parse_interval(v) for v in values if not (isinstance(v, str) and v == "closed")]
+        for day in _parse_days(key):
+            weekly.setdefault(day, []).extend(intervals)
+    return {day: tuple(ivs) for day, ivs in weekly.items()}
+
+
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise InvalidSchedule(f"unknown time zone {tz!r}") from None
 
 
 def _parse_days(key: str) -> list[int]:
@@ -184,26 +209,9 @@ class BusinessCalendar:
         Keys are day names, ranges (``mon-fri``) or comma lists (``mon,wed``); a value of
         ``'closed'`` or ``[]`` leaves the day closed.
         """
-        try:
-            zone = ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise InvalidSchedule(f"unknown time zone {tz!r}") from None
-        weekly: dict[int, list[Interval]] = {}
-        for key, value in hours.items():
-            if not isinstance(key, str):
-                raise InvalidSchedule(f"day key {key!r} must be a string like 'mon-fri'")
-            if isinstance(value, str):
-                values: list[object] = [value]
-            elif isinstance(value, list | tuple):
-                values = list(value)
-            else:
-                raise InvalidSchedule(f"{key}: hours must be 'HH:MM-HH:MM' or a list of them, got {value!r}")
-            intervals = [_parse_interval(v) for v in values if not (isinstance(v, str) and v == "closed")]
-            for day in _parse_days(key):
-                weekly.setdefault(day, []).extend(intervals)
         return cls(
-            tz=zone,
-            weekly={day: tuple(ivs) for day, ivs in weekly.items()},
+            tz=_zone(tz),
+            weekly=_parse_weekly(hours),
             holidays=frozenset(_parse_holiday(d) for d in holidays),
         )
 
@@ -260,3 +268,144 @@ class BusinessCalendar:
                     return max(start, at_utc).astimezone(self.tz)
             day += _ONE_DAY
         raise InvalidSchedule(f"business hours never open within {SEARCH_DAYS} days after {at.isoformat()}")
+
+    def intervals_between(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        """Open stretches overlapping ``[start, end)`` as UTC instants, clipped to it, in order."""
+        start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
+        day = start_utc.astimezone(self.tz).date() - _ONE_DAY
+        last = end_utc.astimezone(self.tz).date() + _ONE_DAY
+        found: list[tuple[datetime, datetime]] = []
+        while day <= last:
+            for lo, hi in self._day_intervals(day):
+                lo, hi = max(lo, start_utc), min(hi, end_utc)
+                if lo < hi:
+                    found.append((lo, hi))
+            day += _ONE_DAY
+        return _merged(found)
+
+
+def _merged(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Sorted, with touching or overlapping stretches joined (e.g. across local midnight)."""
+    out: list[tuple[datetime, datetime]] = []
+    for lo, hi in sorted(intervals):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _intersect(
+    a: list[tuple[datetime, datetime]], b: list[tuple[datetime, datetime]]
+) -> list[tuple[datetime, datetime]]:
+    out: list[tuple[datetime, datetime]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo < hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+class OpenHours(Protocol):
+    """What the schedule needs of a calendar: :class:`BusinessCalendar` or :class:`CallingHours`."""
+
+    def interval_at(self, at: datetime) -> tuple[datetime, datetime] | None: ...
+
+    def is_open(self, at: datetime) -> bool: ...
+
+    def next_open(self, at: datetime) -> datetime: ...
+
+
+DEFAULT_CLIENT_HOURS: Mapping[str, str | list[str]] = {"mon-sun": "09:00-21:00"}
+
+
+@dataclass(frozen=True)
+class ClientWindow:
+    """When a client may be called, in the client's own wall-clock time, whatever their zone.
+
+    Telemarketing rules speak of the called party's local daytime, so the same
+    window is laid over each zone the client may be in.
+    """
+
+    weekly: Mapping[int, tuple[Interval, ...]] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        # Validation is the calendar's: the same interval rules apply.
+        checked = BusinessCalendar(tz=ZoneInfo("UTC"), weekly=self.weekly).weekly
+        if not checked:
+            raise InvalidSchedule("client hours are closed every day: no client could ever be called")
+        object.__setattr__(self, "weekly", checked)
+
+    @classmethod
+    def from_spec(cls, hours: Mapping[str, str | list[str]] = DEFAULT_CLIENT_HOURS) -> ClientWindow:
+        """Same format as business hours, e.g. ``{'mon-fri': '09:00-21:00', 'sat,sun': '10:00-20:00'}``."""
+        return cls(weekly=_parse_weekly(hours))
+
+    def in_zone(self, tz: str) -> BusinessCalendar:
+        return BusinessCalendar(tz=_zone(tz), weekly=self.weekly)
+
+
+@dataclass(frozen=True)
+class CallingHours:
+    """Open only where every calendar is open: the business and the client in each possible zone.
+
+    A number whose zone is uncertain (a Russian mobile may be anywhere from
+    Kaliningrad to Kamchatka) is called only when it is daytime in all of them.
+    """
+
+    calendars: tuple[BusinessCalendar, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "calendars", tuple(self.calendars))
+        if not self.calendars:
+            raise InvalidSchedule("calling hours need at least one calendar")
+
+    @classmethod
+    def for_client(
+        cls, business: BusinessCalendar, window: ClientWindow, zones: Sequence[str]
+    ) -> CallingHours:
+        return cls((business, *(window.in_zone(z) for z in dict.fromkeys(zones))))
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return self.calendars[0].tz
+
+    def intervals_between(self, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        common = self.calendars[0].intervals_between(start, end)
+        for cal in self.calendars[1:]:
+            if not common:
+                break
+            common = _intersect(common, cal.intervals_between(start, end))
+        return common
+
+    def interval_at(self, at: datetime) -> tuple[datetime, datetime] | None:
+        _require_aware(at)
+        at_utc = at.astimezone(UTC)
+        for lo, hi in self.intervals_between(at_utc - 2 * _ONE_DAY, at_utc + 2 * _ONE_DAY):
+            if lo <= at_utc < hi:
+                return lo.astimezone(self.tz), hi.astimezone(self.tz)
+        return None
+
+    def is_open(self, at: datetime) -> bool:
+        return self.interval_at(at) is not None
+
+    def next_open(self, at: datetime) -> datetime:
+        """``at`` itself if open, else the next common opening; :class:`NoCommonHours` if none in a year."""
+        _require_aware(at)
+        at_utc = at.astimezone(UTC)
+        chunk = timedelta(days=14)
+        cursor = at_utc
+        while cursor < at_utc + timedelta(days=SEARCH_DAYS):
+            for lo, hi in self.intervals_between(cursor, cursor + chunk):
+                if hi > at_utc:
+                    return max(lo, at_utc).astimezone(self.tz)
+            cursor += chunk
+        zones = ", ".join(str(c.tz) for c in self.calendars[1:])
+        raise NoCommonHours(
+            f"the client's hours in {zones} never meet the business hours within {SEARCH_DAYS} days"
+        )

@@ -37,6 +37,15 @@ class InvalidSchedule(DomainError):
     """Business hours, retry ladder or schedule settings that cannot work."""
 
 
+class NoCommonHours(InvalidSchedule):
+    """The client's window and the business hours never overlap: the client cannot be called.
+
+    ``reason`` is the close reason stored on the request.
+    """
+
+    reason = "no_common_hours"
+
+
 class IllegalTransition(DomainError):
     """A status change the state table does not allow."""
 

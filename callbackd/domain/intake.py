@@ -61,6 +61,8 @@ class Contact:
     waited: int | None = None  # seconds, for calls
     comment: str = ""
     preferred_at: datetime | None = None
+    # The client's IANA time zone when the source knows it (a lead form); else the number tells.
+    client_tz: str | None = None
     # Only a caller who hung up can be a short abandon; a PBX that turned the caller
     # away (busy, time-out) is a miss however quick it was.
     caller_gave_up: bool = False

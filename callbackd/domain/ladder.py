@@ -7,13 +7,16 @@ business hours and gives up on requests too old to be worth a call.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
-from callbackd.domain.calendar import BusinessCalendar
-from callbackd.domain.errors import InvalidSchedule
+from callbackd.domain.calendar import BusinessCalendar, CallingHours, ClientWindow, OpenHours
+from callbackd.domain.errors import InvalidSchedule, NoCommonHours
+from callbackd.domain.phone import E164, client_zones
 
-__all__ = ["MAX_ATTEMPTS_LIMIT", "RetryLadder", "Schedule"]
+__all__ = ["MAX_ATTEMPTS_LIMIT", "Plan", "RetryLadder", "Schedule", "Wait"]
 
 MAX_ATTEMPTS_LIMIT = 20
 _ZERO = timedelta(0)
@@ -79,14 +82,39 @@ def _spread_offset(key: str, span: timedelta) -> timedelta:
     return timedelta(seconds=zlib.crc32(key.encode("utf-8", "surrogatepass")) % seconds)
 
 
+class Wait(StrEnum):
+    """Why a request is not due sooner; shown by ``requests show`` and logged."""
+
+    LADDER = "ladder"  # the retry ladder's wait since the last try
+    CHOSEN_TIME = "chosen_time"  # the client asked to be called at this time
+    BUSINESS_HOURS = "business_hours"  # the office is closed
+    CLIENT_HOURS = "client_hours"  # the office is open but it is night (or a day off) for the client
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The next step for a request: when (UTC) and why then, or why never (``close_reason``)."""
+
+    due: datetime | None
+    wait: Wait | None = None
+    close_reason: str | None = None  # max_attempts, max_age or no_common_hours
+
+
 @dataclass(frozen=True, kw_only=True)
 class Schedule:
-    """The retry ladder fitted into business hours, with an age limit."""
+    """The retry ladder fitted into business hours and the client's local hours, with an age limit.
+
+    ``client_window`` None means only the business's clock counts (the behaviour
+    before client zones existed).
+    """
 
     calendar: BusinessCalendar
     ladder: RetryLadder = field(default_factory=RetryLadder)
     max_age: timedelta = timedelta(days=3)
     opening_spread: timedelta = timedelta(minutes=5)
+    client_window: ClientWindow | None = None
+    # Configured number ranges to zones, for numbers phonenumbers places in several zones.
+    zone_prefixes: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.max_age <= _ZERO:
@@ -98,6 +126,32 @@ class Schedule:
         """Whether a request is too old to call back at ``now``."""
         return _utc(now, "now") > _utc(created_at, "created_at") + self.max_age
 
+    def zones_for(self, number: E164, given: str | None = None) -> tuple[str, ...]:
+        """The client's possible zones: the form's, a configured range's, or the numbering plan's."""
+        return client_zones(number, given, self.zone_prefixes)
+
+    def hours_for(self, client_zones: Sequence[str] = ()) -> OpenHours:
+        """When a client in ``client_zones`` may be called: business hours, narrowed by the client window."""
+        if self.client_window is None or not client_zones:
+            return self.calendar
+        return CallingHours.for_client(self.calendar, self.client_window, client_zones)
+
+    def next_callable(self, at: datetime, client_zones: Sequence[str] = ()) -> Plan:
+        """The first instant from ``at`` inside business and client hours, with no ladder or spread.
+
+        For waits that are not a new try: an operator round that found nobody, a request
+        that became due while the client's evening ended.
+        """
+        at = _utc(at, "at")
+        try:
+            opened = self.hours_for(client_zones).next_open(at).astimezone(UTC)
+        except NoCommonHours:
+            return Plan(None, close_reason=NoCommonHours.reason)
+        if opened == at:
+            return Plan(opened, Wait.LADDER)
+        business = self.calendar.next_open(at).astimezone(UTC)
+        return Plan(opened, Wait.BUSINESS_HOURS if business == opened else Wait.CLIENT_HOURS)
+
     def due_at(
         self,
         attempts_made: int,
@@ -105,29 +159,56 @@ class Schedule:
         created_at: datetime,
         preferred_at: datetime | None = None,
         spread_key: str = "",
+        client_zones: Sequence[str] = (),
     ) -> datetime | None:
-        """When the next attempt should start (UTC), always inside business hours.
+        """When the next attempt should start (UTC), always inside business and client hours.
 
-        None means stop: attempts used up, or the next slot would be past ``max_age``.
+        None means stop: attempts used up, the next slot would be past ``max_age``, or
+        the client's hours never meet the business's (see :meth:`plan` for which).
+        """
+        return self.plan(
+            attempts_made, last_attempt_at, created_at, preferred_at, spread_key, client_zones
+        ).due
+
+    def plan(
+        self,
+        attempts_made: int,
+        last_attempt_at: datetime | None,
+        created_at: datetime,
+        preferred_at: datetime | None = None,
+        spread_key: str = "",
+        client_zones: Sequence[str] = (),
+    ) -> Plan:
+        """The next attempt's time and why it is then.
+
         A slot deferred to an opening is offset by up to ``opening_spread`` per
-        ``spread_key``, so a night's backlog does not ring every operator at 09:00 sharp.
+        ``spread_key``, so a night's backlog does not ring every operator at 09:00 sharp;
+        the spread stays inside the common open stretch, so it never leaves client hours.
         """
         raw = self.ladder.next_due(attempts_made, last_attempt_at, created_at)
         if raw is None:
-            return None
-        if preferred_at is not None and attempts_made == 0:
-            raw = max(raw, _utc(preferred_at, "preferred_at"))
-        opened = self.calendar.next_open(raw).astimezone(UTC)
+            return Plan(None, close_reason="max_attempts")
+        wait = Wait.LADDER
+        if preferred_at is not None and attempts_made == 0 and _utc(preferred_at, "preferred_at") > raw:
+            raw = _utc(preferred_at, "preferred_at")
+            wait = Wait.CHOSEN_TIME
+        hours = self.hours_for(client_zones)
+        try:
+            opened = hours.next_open(raw).astimezone(UTC)
+        except NoCommonHours:
+            return Plan(None, close_reason=NoCommonHours.reason)
         due = opened
         if opened != raw:
-            interval = self.calendar.interval_at(opened)
+            business_opened = self.calendar.next_open(raw).astimezone(UTC)
+            wait = Wait.BUSINESS_HOURS if business_opened == opened else Wait.CLIENT_HOURS
+            interval = hours.interval_at(opened)
             if interval is not None:
                 # Subtract in UTC: two datetimes sharing a ZoneInfo subtract as wall times.
                 length = interval[1].astimezone(UTC) - interval[0].astimezone(UTC)
                 due = opened + _spread_offset(spread_key, min(self.opening_spread, length))
         if due > _utc(created_at, "created_at") + self.max_age:
-            return None
-        return due
+            return Plan(None, wait, close_reason="max_age")
+        return Plan(due, wait)
 
     def merged_due(
         self,
@@ -135,13 +216,16 @@ class Schedule:
         contact_at: datetime,
         preferred_at: datetime | None = None,
         spread_key: str = "",
+        client_zones: Sequence[str] = (),
     ) -> datetime | None:
         """The due time of an open request once a new contact merges into it.
 
         The earliest need wins: a missed call merging into a web lead asked for six days
         ahead is called back as soon as a fresh contact would be, never later than before.
         """
-        fresh = self.due_at(0, None, contact_at, preferred_at=preferred_at, spread_key=spread_key)
+        fresh = self.due_at(
+            0, None, contact_at, preferred_at=preferred_at, spread_key=spread_key, client_zones=client_zones
+        )
         if fresh is None:
             return due_at
         if due_at is None:

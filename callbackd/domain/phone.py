@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+from phonenumbers import timezone as pn_timezone
 
 from callbackd.domain.errors import InvalidNumber
 
 __all__ = [
     "E164",
     "NumberRules",
+    "client_zones",
     "is_anonymous",
     "mask",
     "parse_caller_id",
@@ -236,3 +239,46 @@ class NumberRules:
         if self.allowed_prefixes and not number.startswith(self.allowed_prefixes):
             return "not_allowed"
         return None
+
+
+def _known_zone(name: str) -> bool:
+    if not name or len(name) > 64:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def check_zone(name: str) -> str:
+    """An IANA zone name as given, or ValueError naming it."""
+    if not isinstance(name, str) or not name or not _known_zone(name):
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Asia/Vladivostok")
+    return name
+
+
+def client_zones(
+    number: E164,
+    given: str | None = None,
+    refinements: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[str, ...]:
+    """The IANA zones a client may be in; empty when nothing is known.
+
+    ``given`` (a lead form's zone) wins. Then the longest prefix of ``refinements``
+    (configured number ranges, e.g. a mobile operator's Far East block), then the
+    ``phonenumbers`` prefix data, which already narrows fixed lines by area code
+    (+7 423 is Vladivostok) but lists every zone of the country for most mobiles.
+    """
+    if given and _known_zone(given):
+        return (given,)
+    for prefix in sorted(refinements or {}, key=len, reverse=True):
+        if number.startswith(prefix):
+            return tuple(z for z in (refinements or {})[prefix] if _known_zone(z))
+    try:
+        parsed = phonenumbers.parse(str(number))
+    except phonenumbers.NumberParseException:
+        return ()
+    return tuple(
+        z for z in pn_timezone.time_zones_for_number(parsed) if z != "Etc/Unknown" and _known_zone(z)
+    )

@@ -1,0 +1,116 @@
+"""Client-local hours through the store on real SQLite and PostgreSQL: the stored due time, the
+refusal when hours never meet, the wait reason, and no claim outside the client's day."""
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from callbackd.adapters import db
+from callbackd.adapters.store import Store
+from callbackd.app import CLAIM_LEASE
+from callbackd.domain.calendar import BusinessCalendar, ClientWindow
+from callbackd.domain.intake import Contact, IntakeRules, Source, decide
+from callbackd.domain.ladder import Schedule
+from callbackd.domain.outcomes import Outcome
+from callbackd.domain.states import RequestStatus
+
+MOSCOW = ZoneInfo("Europe/Moscow")
+VLADIVOSTOK = ZoneInfo("Asia/Vladivostok")
+RULES = IntakeRules(region="RU")
+
+
+async def make_store(url: str, calendar: BusinessCalendar) -> Store:
+    engine = db.make_engine(url)
+    await db.upgrade(engine)
+    schedule = Schedule(
+        calendar=calendar, client_window=ClientWindow.from_spec(), opening_spread=timedelta(0)
+    )
+    return Store(engine, node="t", schedule=schedule, claim_lease=CLAIM_LEASE)
+
+
+def abandon(ref: str, number: str, at: datetime, **kw) -> Contact:
+    return Contact(
+        source=Source.AMI,
+        source_ref=ref,
+        raw_number=number,
+        reason="queue_abandon",
+        at=at,
+        waited=30,
+        caller_gave_up=True,
+        **kw,
+    )
+
+
+@pytest.fixture
+async def desk(db_url):
+    store = await make_store(db_url, BusinessCalendar.always_open("Europe/Moscow"))
+    yield store
+    await store.engine.dispose()
+
+
+async def test_vladivostok_abandon_at_20_moscow_is_due_at_9_vladivostok(desk):
+    at = datetime(2026, 3, 2, 20, 0, tzinfo=MOSCOW)
+    c = abandon("v1", "+74232123456", at)
+    res = await desk.record_contact(c, decide(c, RULES))
+    req, _, _ = await desk.get_request(res.request_id)
+    assert req.client_zones == ["Asia/Vladivostok"]
+    assert req.due_at == datetime(2026, 3, 3, 9, 0, tzinfo=VLADIVOSTOK)
+    assert req.wait_reason == "client_hours"
+    assert await desk.claim_due(datetime(2026, 3, 3, 8, 59, tzinfo=VLADIVOSTOK), 5) == []
+    [claimed] = await desk.claim_due(datetime(2026, 3, 3, 9, 0, tzinfo=VLADIVOSTOK), 5)
+    assert claimed.id == req.id
+
+
+async def test_form_zone_wins_over_the_number(desk):
+    at = datetime(2026, 3, 2, 20, 0, tzinfo=MOSCOW)
+    c = abandon("v2", "+74232123456", at, client_tz="Europe/Moscow")
+    res = await desk.record_contact(c, decide(c, RULES))
+    req, _, _ = await desk.get_request(res.request_id)
+    assert req.client_zones == ["Europe/Moscow"] and req.due_at == at
+
+
+async def test_hours_that_never_meet_close_the_request_with_a_reason(db_url):
+    afternoon = BusinessCalendar.from_spec("Europe/Moscow", {"mon-fri": "14:00-18:00"})
+    store = await make_store(db_url, afternoon)
+    try:
+        c = abandon("h1", "+18085550123", datetime(2026, 3, 2, 12, 0, tzinfo=UTC))  # Honolulu
+        res = await store.record_contact(c, decide(c, IntakeRules(region="US")))
+        req, _, _ = await store.get_request(res.request_id)
+        assert req.status == RequestStatus.FAILED
+        assert req.close_reason == "no_common_hours" and req.due_at is None
+        # Closed, so the number can open a new request later (e.g. after the hours change).
+        assert not await store.has_open_request("+18085550123")
+    finally:
+        await store.engine.dispose()
+
+
+async def test_due_request_not_claimed_after_the_clients_evening_ends(desk):
+    # Due at 20:59 Vladivostok but no operator was free until 21:00: wait for the next morning.
+    at = datetime(2026, 3, 3, 20, 59, tzinfo=VLADIVOSTOK)
+    c = abandon("v3", "+74232123456", at)
+    res = await desk.record_contact(c, decide(c, RULES))
+    assert await desk.claim_due(datetime(2026, 3, 3, 21, 0, tzinfo=VLADIVOSTOK), 5) == []
+    req, _, _ = await desk.get_request(res.request_id)
+    assert req.status == RequestStatus.OPEN
+    assert req.due_at == datetime(2026, 3, 4, 9, 0, tzinfo=VLADIVOSTOK)
+    assert req.wait_reason == "client_hours"
+
+
+async def test_retry_after_an_attempt_keeps_to_client_hours(desk):
+    at = datetime(2026, 3, 3, 20, 30, tzinfo=VLADIVOSTOK)
+    c = abandon("v4", "+74232123456", at)
+    await desk.record_contact(c, decide(c, RULES))
+    [req] = await desk.claim_due(at, 5)
+    att = await desk.start_attempt(req.id, "PJSIP/op1", at)
+    done = await desk.finish_attempt(
+        att.id,
+        Outcome.CLIENT_NO_ANSWER,
+        at + timedelta(minutes=1),
+        max_operator_tries=3,
+        operator_retry_delay=timedelta(seconds=30),
+    )
+    # One hour on the ladder is 21:30 local: past the client's evening, so 09:00 next day.
+    assert done.due_at == datetime(2026, 3, 4, 9, 0, tzinfo=VLADIVOSTOK)
+    req, _, _ = await desk.get_request(req.id)
+    assert req.wait_reason == "client_hours"
