@@ -238,15 +238,47 @@ class ClientHoursConfig(_Section):
         return v
 
 
+OutcomeName = Literal["busy", "congestion", "no_answer", "unavailable", "voicemail", "unknown"]
+# Config names to Outcome values.
+OUTCOME_KEYS = {
+    "busy": "client_busy",
+    "congestion": "client_congestion",
+    "no_answer": "client_no_answer",
+    "unavailable": "client_unavailable",
+    "voicemail": "voicemail",
+    "unknown": "unknown",
+}
+
+
+class QueueLadderConfig(_Section):
+    delays: list[Duration] | None = None
+    max_attempts: int | None = Field(None, ge=1, le=10)
+    outcome_delays: dict[OutcomeName, Duration | Literal["ladder"]] | None = None
+
+
+def _outcome_delays(d: dict[str, Any]) -> dict[str, timedelta]:
+    return {OUTCOME_KEYS[k]: v for k, v in d.items() if isinstance(v, timedelta)}
+
+
 class ScheduleConfig(_Section):
     timezone: str = "UTC"
     hours: dict[str, str | list[str]] = {"mon-fri": ["09:00-18:00"]}
     holidays: list[str] = []
     delays: list[Duration] = [timedelta(hours=1), timedelta(hours=3), timedelta(hours=6)]
-    max_attempts: int = Field(5, ge=1, le=20)
+    max_attempts: int = Field(5, ge=1, le=10)
     max_age: Duration = timedelta(days=7)
     opening_spread: Duration = timedelta(minutes=5)
+    # The wait after these outcomes instead of the ladder's rung; "ladder" keeps the rung.
+    outcome_delays: dict[OutcomeName, Duration | Literal["ladder"]] = {
+        "busy": timedelta(minutes=10),
+        "congestion": timedelta(minutes=2),
+        "no_answer": "ladder",
+        "voicemail": "ladder",
+    }
     client: ClientHoursConfig = ClientHoursConfig()
+    # Per-queue ladders, e.g. [schedule.queues.sales] delays = ["15m"] max_attempts = 8; applied to a
+    # request once it carries its queue.
+    queues: dict[str, QueueLadderConfig] = {}
 
     @model_validator(mode="after")
     def _buildable(self) -> ScheduleConfig:
@@ -269,8 +301,21 @@ def build_schedule(s: ScheduleConfig):
     from callbackd.domain.calendar import ClientWindow
     from callbackd.domain.ladder import RetryLadder, Schedule
 
-    ladder = RetryLadder(delays=tuple(s.delays), max_attempts=s.max_attempts)
+    ladder = RetryLadder(
+        delays=tuple(s.delays), max_attempts=s.max_attempts, outcome_delays=_outcome_delays(s.outcome_delays)
+    )
+    queue_ladders = {
+        name: RetryLadder(
+            delays=tuple(q.delays if q.delays is not None else s.delays),
+            max_attempts=q.max_attempts or s.max_attempts,
+            outcome_delays=_outcome_delays(
+                q.outcome_delays if q.outcome_delays is not None else s.outcome_delays
+            ),
+        )
+        for name, q in s.queues.items()
+    }
     return Schedule(
+        queue_ladders=queue_ladders,
         ladder=ladder,
         calendar=build_calendar(s),
         max_age=s.max_age,

@@ -457,6 +457,7 @@ class Store:
                         req.created_at,
                         spread_key=req.number,
                         client_zones=zones,
+                        outcome=outcome.value,
                     )
                     due = plan.due
                 elif req.operator_tries < max_operator_tries:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from types import MappingProxyType
 
 from callbackd.domain.calendar import BusinessCalendar, CallingHours, ClientWindow, OpenHours
 from callbackd.domain.errors import InvalidSchedule, NoCommonHours
@@ -18,8 +19,14 @@ from callbackd.domain.phone import E164, client_zones
 
 __all__ = ["MAX_ATTEMPTS_LIMIT", "Plan", "RetryLadder", "Schedule", "Wait"]
 
-MAX_ATTEMPTS_LIMIT = 20
+MAX_ATTEMPTS_LIMIT = 10
 _ZERO = timedelta(0)
+
+# A busy line is likely free in minutes, congestion is the network's passing trouble; no answer
+# and a machine wait for the ladder's next rung. Keys are Outcome values.
+DEFAULT_OUTCOME_DELAYS: Mapping[str, timedelta] = MappingProxyType(
+    {"client_busy": timedelta(minutes=10), "client_congestion": timedelta(minutes=2)}
+)
 
 
 def _utc(at: datetime, name: str) -> datetime:
@@ -34,14 +41,22 @@ class RetryLadder:
     """Waits between attempts, each counted from the previous attempt's start; the last wait repeats.
 
     Counting from the start rather than the end keeps the rhythm independent of how
-    long a call rang or talked.
+    long a call rang or talked. ``outcome_delays`` replaces the rung's wait after the
+    outcomes it names (an Outcome value to a delay); others take the rung.
     """
 
     delays: tuple[timedelta, ...] = (timedelta(hours=1), timedelta(hours=3), timedelta(hours=6))
     max_attempts: int = 5
+    outcome_delays: Mapping[str, timedelta] = field(
+        default_factory=lambda: DEFAULT_OUTCOME_DELAYS, hash=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "delays", tuple(self.delays))
+        object.__setattr__(self, "outcome_delays", MappingProxyType(dict(self.outcome_delays)))
+        for name, delay in self.outcome_delays.items():
+            if not isinstance(delay, timedelta) or delay <= _ZERO:
+                raise InvalidSchedule(f"delay after {name} {delay!r} must be a positive timedelta")
         if not self.delays:
             raise InvalidSchedule("retry delays must not be empty")
         for delay in self.delays:
@@ -60,9 +75,16 @@ class RetryLadder:
         return self.delays[min(attempts_made - 1, len(self.delays) - 1)]
 
     def next_due(
-        self, attempts_made: int, last_attempt_at: datetime | None, created_at: datetime
+        self,
+        attempts_made: int,
+        last_attempt_at: datetime | None,
+        created_at: datetime,
+        outcome: str | None = None,
     ) -> datetime | None:
-        """When the next attempt may start (UTC), ignoring business hours; None when attempts are used up."""
+        """When the next attempt may start (UTC), ignoring business hours; None when attempts are used up.
+
+        ``outcome`` is how the last attempt ended (an Outcome value), for ``outcome_delays``.
+        """
         if attempts_made < 0:
             raise ValueError(f"attempts_made must be >= 0, got {attempts_made}")
         if attempts_made >= self.max_attempts:
@@ -71,7 +93,8 @@ class RetryLadder:
             return _utc(created_at, "created_at")
         if last_attempt_at is None:
             raise ValueError(f"{attempts_made} attempts made but no last_attempt_at")
-        return _utc(last_attempt_at, "last_attempt_at") + self.delay_after(attempts_made)
+        delay = self.outcome_delays.get(outcome or "") or self.delay_after(attempts_made)
+        return _utc(last_attempt_at, "last_attempt_at") + delay
 
 
 def _spread_offset(key: str, span: timedelta) -> timedelta:
@@ -86,6 +109,7 @@ class Wait(StrEnum):
     """Why a request is not due sooner; shown by ``requests show`` and logged."""
 
     LADDER = "ladder"  # the retry ladder's wait since the last try
+    OUTCOME_DELAY = "outcome_delay"  # the short wait after a busy line or congestion
     CHOSEN_TIME = "chosen_time"  # the client asked to be called at this time
     BUSINESS_HOURS = "business_hours"  # the office is closed
     CLIENT_HOURS = "client_hours"  # the office is open but it is night (or a day off) for the client
@@ -113,6 +137,8 @@ class Schedule:
     max_age: timedelta = timedelta(days=3)
     opening_spread: timedelta = timedelta(minutes=5)
     client_window: ClientWindow | None = None
+    # Per-queue ladders (delays, max_attempts, outcome delays) replacing ``ladder`` for that queue.
+    queue_ladders: Mapping[str, RetryLadder] = field(default_factory=dict, hash=False)
     # Configured number ranges to zones, for numbers phonenumbers places in several zones.
     zone_prefixes: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
@@ -125,6 +151,9 @@ class Schedule:
     def is_expired(self, created_at: datetime, now: datetime) -> bool:
         """Whether a request is too old to call back at ``now``."""
         return _utc(now, "now") > _utc(created_at, "created_at") + self.max_age
+
+    def ladder_for(self, queue: str | None = None) -> RetryLadder:
+        return self.queue_ladders.get(queue or "", self.ladder)
 
     def zones_for(self, number: E164, given: str | None = None) -> tuple[str, ...]:
         """The client's possible zones: the form's, a configured range's, or the numbering plan's."""
@@ -160,6 +189,8 @@ class Schedule:
         preferred_at: datetime | None = None,
         spread_key: str = "",
         client_zones: Sequence[str] = (),
+        outcome: str | None = None,
+        queue: str | None = None,
     ) -> datetime | None:
         """When the next attempt should start (UTC), always inside business and client hours.
 
@@ -167,7 +198,7 @@ class Schedule:
         the client's hours never meet the business's (see :meth:`plan` for which).
         """
         return self.plan(
-            attempts_made, last_attempt_at, created_at, preferred_at, spread_key, client_zones
+            attempts_made, last_attempt_at, created_at, preferred_at, spread_key, client_zones, outcome, queue
         ).due
 
     def plan(
@@ -178,6 +209,8 @@ class Schedule:
         preferred_at: datetime | None = None,
         spread_key: str = "",
         client_zones: Sequence[str] = (),
+        outcome: str | None = None,
+        queue: str | None = None,
     ) -> Plan:
         """The next attempt's time and why it is then.
 
@@ -185,10 +218,13 @@ class Schedule:
         ``spread_key``, so a night's backlog does not ring every operator at 09:00 sharp;
         the spread stays inside the common open stretch, so it never leaves client hours.
         """
-        raw = self.ladder.next_due(attempts_made, last_attempt_at, created_at)
+        ladder = self.ladder_for(queue)
+        raw = ladder.next_due(attempts_made, last_attempt_at, created_at, outcome)
         if raw is None:
             return Plan(None, close_reason="max_attempts")
-        wait = Wait.LADDER
+        wait = (
+            Wait.OUTCOME_DELAY if attempts_made and (outcome or "") in ladder.outcome_delays else Wait.LADDER
+        )
         if preferred_at is not None and attempts_made == 0 and _utc(preferred_at, "preferred_at") > raw:
             raw = _utc(preferred_at, "preferred_at")
             wait = Wait.CHOSEN_TIME

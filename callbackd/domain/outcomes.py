@@ -28,6 +28,7 @@ class Outcome(StrEnum):
     CLIENT_NO_ANSWER = "client_no_answer"
     CLIENT_CONGESTION = "client_congestion"
     CLIENT_UNAVAILABLE = "client_unavailable"
+    VOICEMAIL = "voicemail"  # answering-machine detection heard a machine; hung up on it
     INVALID_NUMBER = "invalid_number"
     UNKNOWN = "unknown"  # the result was lost (crash, AMI gap); counted to stay safe
 
@@ -41,10 +42,14 @@ COUNTED = frozenset(
         Outcome.CLIENT_NO_ANSWER,
         Outcome.CLIENT_CONGESTION,
         Outcome.CLIENT_UNAVAILABLE,
+        Outcome.VOICEMAIL,
         Outcome.INVALID_NUMBER,
         Outcome.UNKNOWN,
     }
 )
+
+# The bridge context's Stage once AMD() on the client leg said MACHINE (see dialplans/callbackd.conf).
+MACHINE_STAGE = "machine"
 
 _DIALSTATUS = {
     "BUSY": Outcome.CLIENT_BUSY,
@@ -83,8 +88,11 @@ def client_leg_outcome(stage: str, dial_status: str, client_cause: object) -> Ou
     """Classify the bridge context's result.
 
     ``stage`` is empty when the operator hung up during the whisper, before the
-    client was dialled.
+    client was dialled, and ``machine`` when answering-machine detection hung up on
+    a machine (Dial then reports ANSWER, which must not count as reaching the client).
     """
+    if (stage or "").strip().lower() == MACHINE_STAGE:
+        return Outcome.VOICEMAIL
     status = (dial_status or "").strip().upper()
     if status == "ANSWER":
         return Outcome.ANSWERED

@@ -121,9 +121,9 @@ async def test_busy_then_answer_walks_the_ladder(store, now):
         operator_retry_delay=timedelta(seconds=30),
     )
     assert done.request_status == RequestStatus.OPEN and done.counted
-    assert done.due_at == now + timedelta(hours=1)  # counted from the attempt's start
-    assert await store.claim_due(now + timedelta(minutes=59), 5) == []
-    later = now + timedelta(hours=1)
+    assert done.due_at == now + timedelta(minutes=10)  # the busy delay, from the attempt's start
+    assert await store.claim_due(now + timedelta(minutes=9), 5) == []
+    later = now + timedelta(minutes=10)
     req = await _claim_one(store, later)
     att2 = await store.start_attempt(req.id, "PJSIP/op2", later)
     assert att2.try_no == 2

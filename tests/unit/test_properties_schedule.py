@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from callbackd.domain.calendar import BusinessCalendar
+from callbackd.domain.calendar import BusinessCalendar, ClientWindow
 from callbackd.domain.errors import InvalidNumber
 from callbackd.domain.ladder import RetryLadder, Schedule
 from callbackd.domain.phone import E164, parse_caller_id
@@ -94,8 +94,15 @@ delays = st.lists(st.integers(1, 48 * 60).map(lambda m: timedelta(minutes=m)), m
 ladders = st.builds(
     RetryLadder,
     delays=delays.map(tuple),
-    max_attempts=st.integers(1, 20),
+    max_attempts=st.integers(1, 10),
 )
+CLIENT_ZONES = [
+    "Asia/Vladivostok",
+    "Pacific/Honolulu",
+    "America/New_York",
+    "Europe/Moscow",
+    "Pacific/Auckland",
+]
 
 
 @PROPERTY
@@ -107,6 +114,7 @@ ladders = st.builds(
     late=st.lists(st.integers(0, 6 * 3600), min_size=20, max_size=20),
     key=st.text(max_size=20),
     preferred_in=st.none() | st.integers(-48, 96).map(lambda h: timedelta(hours=h)),
+    zones=st.lists(st.sampled_from(CLIENT_ZONES), max_size=2),
 )
 def test_due_at_stays_in_hours_and_within_limits(
     case: tuple[BusinessCalendar, datetime],
@@ -116,23 +124,34 @@ def test_due_at_stays_in_hours_and_within_limits(
     late: list[int],
     key: str,
     preferred_in: timedelta | None,
+    zones: list[str],
 ) -> None:
     cal, created = case
-    schedule = Schedule(calendar=cal, ladder=ladder, max_age=max_age, opening_spread=spread)
+    schedule = Schedule(
+        calendar=cal,
+        ladder=ladder,
+        max_age=max_age,
+        opening_spread=spread,
+        client_window=ClientWindow.from_spec(),
+    )
+    client = schedule.hours_for(zones)
     created_utc = created.astimezone(UTC)
     preferred = None if preferred_in is None else created_utc + preferred_in
     made = 0
     last: datetime | None = None
     while True:
-        due = schedule.due_at(made, last, created, preferred_at=preferred, spread_key=key)
+        due = schedule.due_at(made, last, created, preferred_at=preferred, spread_key=key, client_zones=zones)
         if due is None:
             break
         assert due.tzinfo is UTC
-        assert cal.is_open(due)
+        assert cal.is_open(due) and client.is_open(due)
         assert created_utc <= due <= created_utc + max_age
         if last is not None:
             assert due >= last + ladder.delay_after(made)
-        assert schedule.due_at(made, last, created, preferred_at=preferred, spread_key=key) == due
+        assert (
+            schedule.due_at(made, last, created, preferred_at=preferred, spread_key=key, client_zones=zones)
+            == due
+        )
         last = due + timedelta(seconds=late[made])
         made += 1
         assert made <= ladder.max_attempts
