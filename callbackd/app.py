@@ -441,6 +441,8 @@ class Daemon:
                 name=item.caller_name,
                 waited=item.waited,
                 caller_gave_up=item.caller_gave_up,
+                did=item.did,
+                queue=item.queue,
             )
             await self.submit(contact)
         elif isinstance(item, Answered):

@@ -142,6 +142,8 @@ class DialerConfig(_Section):
     # Home country for {national} and {international}; "" means numbers.default_region.
     client_region: str = ""
     outbound_callerid: str = ""
+    # The caller ID a callback presents, by the number the client dialled; others get outbound_callerid.
+    callerid_by_did: dict[str, str] = {}
     operator_ring: Duration = timedelta(seconds=20)
     client_ring: Duration = timedelta(seconds=30)
     max_concurrent: int = Field(2, ge=1, le=500)
@@ -211,6 +213,22 @@ class DialerConfig(_Section):
     def _callerid(cls, v: str) -> str:
         if v and not re.fullmatch(r'(?:"[A-Za-z0-9 ._\-]{0,40}"\s*)?<?\+?[0-9]{2,16}>?', v):
             raise ValueError('use "Company" <+15550000000> or a bare number')
+        return v
+
+    @field_validator("callerid_by_did")
+    @classmethod
+    def _callerids(cls, v: dict[str, str]) -> dict[str, str]:
+        for did, callerid in v.items():
+            if not re.fullmatch(r"\+?[0-9A-Za-z_*#-]{1,64}", did):
+                raise ValueError(
+                    f"DID {did!r} must be the dialled number as Asterisk sees it, e.g. +12025550100"
+                )
+            if not callerid:
+                raise ValueError(f"{did}: give a caller ID")
+            try:
+                cls._callerid(callerid)
+            except ValueError as exc:
+                raise ValueError(f"{did}: {exc}") from None
         return v
 
 

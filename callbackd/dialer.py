@@ -33,7 +33,7 @@ from callbackd.domain.outcomes import (
     operator_leg_outcome,
     originate_reason_text,
 )
-from callbackd.domain.phone import E164, mask, sanitize_caller_name
+from callbackd.domain.phone import E164, caller_id_for, mask, sanitize_caller_name
 from callbackd.domain.states import AttemptStatus, RequestEvent
 
 log = structlog.get_logger("callbackd.dialer")
@@ -184,7 +184,7 @@ class Dialer:
             self.guard.attempt_started(now)
         run = Run(attempt.id, attempt.channel_id, req.id, str(number), operator, attempt.try_no, req.reason)
         self.runs[run.channel_id] = run
-        fields = originate_fields(self.cfg, run, req.name, number, req.reason)
+        fields = originate_fields(self.cfg, run, req.name, number, req.reason, did=req.did)
         log.info(
             "operator.ringing",
             request_id=req.id,
@@ -460,7 +460,7 @@ class AttemptRef(Protocol):
 
 
 def originate_fields(
-    cfg: DialerConfig, run: AttemptRef, name: str, number: E164, reason: str
+    cfg: DialerConfig, run: AttemptRef, name: str, number: E164, reason: str, did: str | None = None
 ) -> dict[str, Any]:
     """The Originate for one attempt.
 
@@ -484,7 +484,7 @@ def originate_fields(
             f"CBD_ATTEMPT={run.attempt_id}",
             f"CBD_DIAL={client_dial(cfg, number)}",
             f"CBD_DIAL_TIMEOUT={int(cfg.client_ring.total_seconds())}",
-            f"CBD_OUTCID={cfg.outbound_callerid}",
+            f"CBD_OUTCID={caller_id_for(did, cfg.callerid_by_did, cfg.outbound_callerid)}",
             f"CBD_WHISPER={whisper(cfg, reason)}",
             f"CBD_TRY={run.try_no}",
         ],

@@ -102,6 +102,9 @@ class Request(Base):
     wait_reason: Mapped[str | None] = mapped_column(String(24))
     # preferred_at was chosen by the client (form, phone, CLI): merges keep it.
     time_chosen: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # The number the client last dialled (a DID) and the queue they waited in, when a call opened it.
+    did: Mapped[str | None] = mapped_column(String(64))
+    queue: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index(

@@ -200,6 +200,8 @@ class Store:
                         req.name = decision.name
                     if contact.comment:
                         req.note = (req.note + "\n" + contact.comment).strip()[:4000]
+                    if contact.did:
+                        req.did = contact.did[:64]  # the number they dialled last
                     req.updated_at = contact.at
                     if req.status == RequestStatus.OPEN:  # a request being dialled gets its due at the end
                         req.due_at = self.schedule.merged_due(
@@ -241,6 +243,7 @@ class Store:
             preferred_at=contact.preferred_at,
             spread_key=str(decision.number),
             client_zones=zones,
+            queue=contact.queue,
         )
         due = plan.due
         status = RequestStatus.OPEN if due is not None else _CLOSED_BY[plan.close_reason or "max_age"]
@@ -263,6 +266,8 @@ class Store:
             client_zones=list(zones),
             wait_reason=plan.wait.value if plan.wait and due is not None else None,
             time_chosen=contact.preferred_at is not None,
+            did=contact.did[:64] or None,
+            queue=contact.queue,
         )
 
     async def record_call(self, call: CallTrack, number: str | None) -> None:
@@ -427,7 +432,7 @@ class Store:
             req = await s.get(m.Request, att.request_id, with_for_update=True)
             assert req is not None
             tries = req.attempts_made + (1 if outcome in _counted() else 0)
-            v = verdict(outcome, tries, self.schedule.ladder.max_attempts)
+            v = verdict(outcome, tries, self.schedule.ladder_for(req.queue).max_attempts)
             att.status = AttemptStatus.DONE.value
             att.outcome = outcome.value
             att.counted = v.counted
@@ -458,6 +463,7 @@ class Store:
                         spread_key=req.number,
                         client_zones=zones,
                         outcome=outcome.value,
+                        queue=req.queue,
                     )
                     due = plan.due
                 elif req.operator_tries < max_operator_tries:
@@ -469,7 +475,7 @@ class Store:
                 if due is None:
                     event = (
                         RequestEvent.EXPIRE
-                        if req.attempts_made < self.schedule.ladder.max_attempts
+                        if req.attempts_made < self.schedule.ladder_for(req.queue).max_attempts
                         and plan.close_reason != NoCommonHours.reason
                         else (RequestEvent.FAIL)
                     )

@@ -63,6 +63,10 @@ class Contact:
     preferred_at: datetime | None = None
     # The client's IANA time zone when the source knows it (a lead form); else the number tells.
     client_tz: str | None = None
+    # The number the client dialled and the queue they waited in (calls only): the callback can
+    # present that number, and a queue can have its own ladder.
+    did: str = ""
+    queue: str | None = None
     # Only a caller who hung up can be a short abandon; a PBX that turned the caller
     # away (busy, time-out) is a miss however quick it was.
     caller_gave_up: bool = False

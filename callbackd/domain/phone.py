@@ -21,6 +21,7 @@ from callbackd.domain.errors import InvalidNumber
 __all__ = [
     "E164",
     "NumberRules",
+    "caller_id_for",
     "client_zones",
     "is_anonymous",
     "mask",
@@ -282,3 +283,14 @@ def client_zones(
     return tuple(
         z for z in pn_timezone.time_zones_for_number(parsed) if z != "Etc/Unknown" and _known_zone(z)
     )
+
+
+def caller_id_for(did: str | None, by_did: Mapping[str, str], fallback: str) -> str:
+    """The caller ID the client sees on a callback: the one mapped to the number they dialled.
+
+    Clients ignore unknown numbers; the one they dialled is the one they recognise.
+    ``by_did`` maps a DID as Asterisk reports it (``EXTEN`` on the inbound context) to a
+    caller ID such as ``"Support" <+12025550100>``; an unmapped or unknown DID gets ``fallback``.
+    """
+    key = (did or "").strip()
+    return by_did.get(key, fallback) if key else fallback

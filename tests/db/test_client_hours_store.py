@@ -114,3 +114,16 @@ async def test_retry_after_an_attempt_keeps_to_client_hours(desk):
     assert done.due_at == datetime(2026, 3, 4, 9, 0, tzinfo=VLADIVOSTOK)
     req, _, _ = await desk.get_request(req.id)
     assert req.wait_reason == "client_hours"
+
+
+async def test_request_keeps_the_did_and_queue_of_the_call(desk):
+    at = datetime(2026, 3, 3, 12, 0, tzinfo=VLADIVOSTOK)
+    c = abandon("d1", "+74232123456", at, did="100", queue="support")
+    res = await desk.record_contact(c, decide(c, RULES))
+    req, _, _ = await desk.get_request(res.request_id)
+    assert (req.did, req.queue) == ("100", "support")
+    # A later call to another DID: the callback presents the number dialled last.
+    c2 = abandon("d2", "+74232123456", at + timedelta(minutes=5), did="101", queue="sales")
+    await desk.record_contact(c2, decide(c2, RULES))
+    req, _, _ = await desk.get_request(res.request_id)
+    assert req.did == "101"

@@ -1,4 +1,4 @@
-"""client zones, wait reason and chosen time on requests
+"""client zones, wait reason, chosen time, DID and queue on requests
 
 Revision ID: 0007
 Revises: 0001
@@ -21,10 +21,14 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("time_chosen", sa.Boolean(), nullable=False, server_default=sa.text("false"))
         )
+        batch_op.add_column(sa.Column("did", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("queue", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("requests", schema=None) as batch_op:
+        batch_op.drop_column("queue")
+        batch_op.drop_column("did")
         batch_op.drop_column("time_chosen")
         batch_op.drop_column("wait_reason")
         batch_op.drop_column("client_zones")
