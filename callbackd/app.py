@@ -147,6 +147,7 @@ class Daemon:
         self._agi: Any = None
         self._mqtt: Any = None
         self.detector = Detector(detection_rules(cfg))
+        self._retention_at: datetime | None = None
         self.rules = intake_rules(cfg)
         self.guard = AbuseGuard(abuse_limits(cfg))
         # Contacts refused by the number rules or the abuse limits, by reason.
@@ -527,8 +528,23 @@ class Daemon:
                 stale = self.detector.expire(now)
                 if expired or released or stale:
                     log.info("housekeeping", expired=expired, released=released, stale_calls=len(stale))
+                await self._retention(now)
             except Exception:
                 log.exception("housekeeping.failed")
+
+    async def _retention(self, now: datetime) -> None:
+        """Anonymise numbers past retention, at most hourly (the query scans every table)."""
+        r = self.cfg.retention
+        if r.calls is None and r.contacts is None:
+            return
+        if self._retention_at is not None and now - self._retention_at < timedelta(hours=1):
+            return
+        self._retention_at = now
+        from callbackd.adapters.privacy import anonymise_expired
+
+        done = await anonymise_expired(self.store.engine, now, calls=r.calls, contacts=r.contacts)
+        if done:
+            log.info("retention.anonymised", numbers=done)
 
     async def _watchdog(self) -> None:
         """Ping systemd's watchdog at half its interval, from the event loop itself."""

@@ -130,6 +130,7 @@ def _request_dict(r: Any) -> dict[str, Any]:
         # Why not sooner: ladder, chosen_time, business_hours or client_hours.
         "waits_for": r.wait_reason if r.status == "open" else None,
         "client_zones": r.client_zones or [],
+        "did": r.did,
         "closed_at": _iso(r.closed_at),
         "close_reason": r.close_reason,
         "note": r.note,
@@ -281,6 +282,66 @@ def _run_db(go: Callable[[], Awaitable[int]]) -> int:
         return 1
 
 
+def cmd_privacy(args: argparse.Namespace) -> int:
+    """Subject requests: export or erase everything stored about one number; retention on demand."""
+    import structlog
+
+    from callbackd.adapters import db, privacy
+    from callbackd.domain.errors import InvalidNumber
+    from callbackd.domain.phone import parse_caller_id
+
+    cfg = _load(args)
+    # The record of the request goes to stderr, so an export on stdout stays plain JSON.
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    log = structlog.get_logger("callbackd.privacy")
+    number = None
+    if args.action != "anonymise":
+        try:
+            number = parse_caller_id(args.number, cfg.numbers.default_region)
+        except InvalidNumber as exc:
+            print(f"callbackd privacy: {exc}", file=sys.stderr)
+            return 2
+        if number is None:
+            print("callbackd privacy: no number given", file=sys.stderr)
+            return 2
+
+    async def go() -> int:
+        engine = db.make_engine(cfg.database.url)
+        try:
+            now = datetime.now(UTC)
+            if args.action == "export":
+                assert number is not None
+                data = await privacy.export_number(engine, number)
+                with _output(args.output) as out:
+                    json.dump(data, out, indent=2, ensure_ascii=False)
+                    out.write("\n")
+                # Counts only: the log must not become one more place that holds the number.
+                log.info("privacy.exported", **{table: len(rows) for table, rows in data.items()})
+            elif args.action == "erase":
+                assert number is not None
+                dirs = cfg.retention.all_directories(cfg.reports)
+                counts = await privacy.erase_number(engine, number, now, dirs)
+                log.info("privacy.erased", **counts)
+                print(" ".join(f"{k}={v}" for k, v in counts.items()))
+            else:
+                r = cfg.retention
+                done = await privacy.anonymise_expired(engine, now, calls=r.calls, contacts=r.contacts)
+                log.info("retention.anonymised", numbers=done)
+                print(f"anonymised {done} number(s)")
+            return 0
+        finally:
+            await engine.dispose()
+
+    return _run_db(go)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from callbackd.adapters import db, reports
     from callbackd.domain.metrics import Grouping
@@ -420,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
         x = rqs.add_parser(name)
         x.add_argument("id", type=int)
     rq.set_defaults(func=cmd_requests)
+
+    pv = sub.add_parser("privacy", help="export or erase one client's data; apply retention now")
+    pvs = pv.add_subparsers(dest="action", required=True)
+    pe = pvs.add_parser("export", help="every stored row naming NUMBER, as JSON")
+    pe.add_argument("number")
+    pe.add_argument("--output", "-o", metavar="FILE", help="write FILE, not stdout")
+    pvs.add_parser(
+        "erase", help="anonymise NUMBER everywhere, cancel its open request, scrub exports"
+    ).add_argument("number")
+    pvs.add_parser("anonymise", help="anonymise numbers past retention.calls / retention.contacts now")
+    pv.set_defaults(func=cmd_privacy)
 
     rp = sub.add_parser("report", help="abandon rate, service level and callback figures for a period")
     _period_arguments(rp)

@@ -537,6 +537,29 @@ class ReportsConfig(_Section):
         return self
 
 
+class RetentionConfig(_Section):
+    """How long rows may name a client; unset keeps them. Set both to anonymise anything.
+
+    A number is anonymised once all its calls are older than ``calls`` and all its contacts,
+    requests and attempts older than ``contacts``, and it has no open request.
+    """
+
+    contacts: Duration | None = None
+    calls: Duration | None = None
+    # Spool and export directories that `callbackd privacy erase` scrubs besides [[reports.schedule]]'s.
+    directories: list[Path] = []
+
+    @field_validator("contacts", "calls")
+    @classmethod
+    def _positive(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v < timedelta(days=1):
+            raise ValueError("must be at least 1d (or left out to keep rows)")
+        return v
+
+    def all_directories(self, reports: ReportsConfig) -> list[Path]:
+        return list(dict.fromkeys([*self.directories, *(job.directory for job in reports.schedule)]))
+
+
 class ServiceConfig(_Section):
     """How the daemon reports on itself to ``callbackd status`` and systemd."""
 
@@ -562,6 +585,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     reports: ReportsConfig = ReportsConfig()
     service: ServiceConfig = ServiceConfig()
+    retention: RetentionConfig = RetentionConfig()
     node: str = Field(default_factory=lambda: os.uname().nodename)
     # The Asterisk this daemon watches: calls and contacts are unique per PBX, since two servers
     # on one database can raise the same Linkedid. "" means the node name; a standby daemon on
