@@ -292,15 +292,14 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     # The record of the request goes to stderr, so an export on stdout stays plain JSON.
-    structlog.configure(
+    log = structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr),
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(),
         ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-    log = structlog.get_logger("callbackd.privacy")
     number = None
     if args.action != "anonymise":
         try:
