@@ -115,6 +115,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _wall(text: str) -> datetime:
+    """'2026-03-02 15:00' (the client's local time) or an ISO time with an offset."""
+    try:
+        return datetime.fromisoformat(text.strip().replace(" ", "T", 1))
+    except ValueError:
+        raise ValueError(f"bad time {text!r}; use YYYY-MM-DD HH:MM (the client's local time)") from None
+
+
 def _request_dict(r: Any) -> dict[str, Any]:
     return {
         "id": r.id,
@@ -130,6 +138,8 @@ def _request_dict(r: Any) -> dict[str, Any]:
         # Why not sooner: ladder, chosen_time, business_hours or client_hours.
         "waits_for": r.wait_reason if r.status == "open" else None,
         "client_zones": r.client_zones or [],
+        "preferred_at": _iso(r.preferred_at),
+        "time_chosen": bool(r.time_chosen),
         "did": r.did,
         "closed_at": _iso(r.closed_at),
         "close_reason": r.close_reason,
@@ -200,8 +210,31 @@ def cmd_requests(args: argparse.Namespace) -> int:
             if decision.disposition is not Disposition.SCHEDULE:
                 print(f"not added: {decision.disposition.value} ({decision.detail})", file=sys.stderr)
                 return 1
+            if args.at or args.tz:
+                from dataclasses import replace
+
+                from callbackd.domain.phone import E164, check_zone
+
+                try:
+                    tz = check_zone(args.tz) if args.tz else None
+                    chosen = None
+                    if args.at:
+                        zones = store.schedule.zones_for(E164.trusted(decision.number), tz)
+                        chosen = store.schedule.chosen_instant(_wall(args.at), zones)
+                except ValueError as exc:
+                    print(f"not added: {exc}", file=sys.stderr)
+                    return 2
+                contact = replace(contact, client_tz=tz, preferred_at=chosen, time_chosen=chosen is not None)
             res = await store.record_contact(contact, decision)
             print(f"request {res.request_id} {'merged' if res.merged else 'created'} for {decision.number}")
+            return 0
+        if args.action == "at":
+            try:
+                req = await store.choose_time(args.id, _wall(args.when), now)
+            except ValueError as exc:
+                print(f"request {args.id}: {exc}", file=sys.stderr)
+                return 1
+            print(f"request {req.id}: due {req.due_at.isoformat()} ({req.wait_reason})")
             return 0
         event = RequestEvent.CANCEL if args.action == "cancel" else RequestEvent.RETRY_NOW
         try:
@@ -476,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("phone")
     add.add_argument("--name")
     add.add_argument("--note")
+    add.add_argument("--at", metavar="TIME", help="call at this time, the client's local 'YYYY-MM-DD HH:MM'")
+    add.add_argument("--tz", metavar="ZONE", help="the client's time zone (default: from the number)")
+    at = rqs.add_parser("at", help="call an open request at a time the client chose")
+    at.add_argument("id", type=int)
+    at.add_argument("when", metavar="TIME", help="the client's local 'YYYY-MM-DD HH:MM'")
     for name in ("cancel", "retry"):
         x = rqs.add_parser(name)
         x.add_argument("id", type=int)

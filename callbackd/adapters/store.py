@@ -210,7 +210,11 @@ class Store:
                             contact.preferred_at,
                             spread_key=str(decision.number),
                             client_zones=req.client_zones or (),
+                            kept_choice=req.time_chosen,
+                            new_choice=contact.time_chosen,
                         )
+                        if contact.time_chosen and contact.preferred_at is not None:
+                            req.preferred_at, req.time_chosen = contact.preferred_at, True
                     merged = True
                 await s.flush()
                 row.request_id = req.id
@@ -265,7 +269,7 @@ class Store:
             close_reason=None if due is not None else plan.close_reason,
             client_zones=list(zones),
             wait_reason=plan.wait.value if plan.wait and due is not None else None,
-            time_chosen=contact.preferred_at is not None,
+            time_chosen=contact.time_chosen and contact.preferred_at is not None,
             did=contact.did[:64] or None,
             queue=contact.queue,
         )
@@ -374,6 +378,31 @@ class Store:
             req.wait_reason = plan.wait.value if plan.wait else None
             req.updated_at = now
         _log_plan(req.id, req.number, plan, zones)
+
+    async def choose_time(self, request_id: int, wall: datetime, now: datetime) -> m.Request:
+        """The client asked to be called at ``wall`` (their local time unless it carries a zone).
+
+        Kept against later contacts; fitted into business and client hours like any due time.
+        Raises ValueError when that time is past or the client can never be called.
+        """
+        async with self.session() as s, s.begin():
+            req = await s.get(m.Request, request_id, with_for_update=True)
+            if req is None:
+                raise NotFound(f"no request {request_id}")
+            if req.status != RequestStatus.OPEN:
+                raise ValueError(f"request {request_id} is {req.status}; only an open request takes a time")
+            zones = req.client_zones or ()
+            at = self.schedule.chosen_instant(wall, zones)
+            if at < now:
+                raise ValueError(f"{at.isoformat()} is in the past")
+            plan = self.schedule.next_callable(at, zones)
+            if plan.due is None:
+                raise ValueError("the client's hours never meet the business hours")
+            req.preferred_at, req.time_chosen, req.updated_at = at, True, now
+            req.due_at = plan.due
+            req.wait_reason = (Wait.CHOSEN_TIME if plan.due == at else plan.wait or Wait.CHOSEN_TIME).value
+            _log_plan(req.id, req.number, Plan(req.due_at, Wait(req.wait_reason)), zones)
+            return req
 
     async def unclaim(self, request_id: int, now: datetime, due_at: datetime | None = None) -> None:
         """Give a claimed request back without an attempt (no operator after all)."""

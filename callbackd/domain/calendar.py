@@ -17,7 +17,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from callbackd.domain.errors import InvalidSchedule, NoCommonHours
 
-__all__ = ["DAY_NAMES", "BusinessCalendar", "CallingHours", "ClientWindow", "Interval", "OpenHours"]
+__all__ = [
+    "DAY_NAMES",
+    "BusinessCalendar",
+    "CallingHours",
+    "ClientWindow",
+    "Interval",
+    "OpenHours",
+    "wall_time_in",
+]
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SEARCH_DAYS = 400
@@ -58,6 +66,17 @@ def _wall_to_utc(day: date, wall: time, tz: tzinfo) -> datetime:
         else:
             lo = mid
     return datetime.fromtimestamp(hi, UTC)
+
+
+def wall_time_in(wall: datetime, tz: str) -> datetime:
+    """A wall-clock time a person keyed in ("15:00 on the 2nd"), as the instant it names in ``tz``.
+
+    A time in a spring-forward gap means the first instant after it; a repeated
+    fall-back time its first occurrence, as for business hours.
+    """
+    if wall.tzinfo is not None:
+        return wall.astimezone(UTC)
+    return _wall_to_utc(wall.date(), wall.time(), _zone(tz))
 
 
 def _check_intervals(day: int, intervals: Iterable[Interval]) -> tuple[Interval, ...]:

@@ -61,6 +61,9 @@ class Contact:
     waited: int | None = None  # seconds, for calls
     comment: str = ""
     preferred_at: datetime | None = None
+    # preferred_at is a time the client chose ("call me at 15:00"): later contacts do not pull it
+    # in. Without it preferred_at only means "not before" (a web form's preferred_time).
+    time_chosen: bool = False
     # The client's IANA time zone when the source knows it (a lead form); else the number tells.
     client_tz: str | None = None
     # The number the client dialled and the queue they waited in (calls only): the callback can

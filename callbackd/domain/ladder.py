@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 
-from callbackd.domain.calendar import BusinessCalendar, CallingHours, ClientWindow, OpenHours
+from callbackd.domain.calendar import BusinessCalendar, CallingHours, ClientWindow, OpenHours, wall_time_in
 from callbackd.domain.errors import InvalidSchedule, NoCommonHours
 from callbackd.domain.phone import E164, client_zones
 
@@ -152,6 +152,11 @@ class Schedule:
         """Whether a request is too old to call back at ``now``."""
         return _utc(now, "now") > _utc(created_at, "created_at") + self.max_age
 
+    def chosen_instant(self, wall: datetime, client_zones: Sequence[str] = ()) -> datetime:
+        """A keyed-in local time in the client's zone; with several possible zones, the business's."""
+        zone = client_zones[0] if len(client_zones) == 1 else str(self.calendar.tz)
+        return wall_time_in(wall, zone)
+
     def ladder_for(self, queue: str | None = None) -> RetryLadder:
         return self.queue_ladders.get(queue or "", self.ladder)
 
@@ -253,12 +258,29 @@ class Schedule:
         preferred_at: datetime | None = None,
         spread_key: str = "",
         client_zones: Sequence[str] = (),
+        *,
+        kept_choice: bool = False,
+        new_choice: bool = False,
     ) -> datetime | None:
         """The due time of an open request once a new contact merges into it.
 
         The earliest need wins: a missed call merging into a web lead asked for six days
         ahead is called back as soon as a fresh contact would be, never later than before.
+        Unless the client chose a time ("call me at 15:00", from the phone or an operator):
+        a new choice replaces the due time, and a standing one is kept.
         """
+        if new_choice and preferred_at is not None:
+            chosen = self.due_at(
+                0,
+                None,
+                contact_at,
+                preferred_at=preferred_at,
+                spread_key=spread_key,
+                client_zones=client_zones,
+            )
+            return chosen if chosen is not None else due_at
+        if kept_choice:
+            return due_at
         fresh = self.due_at(
             0, None, contact_at, preferred_at=preferred_at, spread_key=spread_key, client_zones=client_zones
         )

@@ -1,6 +1,8 @@
 """Client-local hours through the store on real SQLite and PostgreSQL: the stored due time, the
 refusal when hours never meet, the wait reason, and no claim outside the client's day."""
 
+import asyncio
+import functools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -127,3 +129,49 @@ async def test_request_keeps_the_did_and_queue_of_the_call(desk):
     await desk.record_contact(c2, decide(c2, RULES))
     req, _, _ = await desk.get_request(res.request_id)
     assert req.did == "101"
+
+
+async def test_chosen_time_is_kept_on_a_merge_and_set_from_the_cli(desk, db_url, tmp_path):
+    at = datetime(2026, 3, 3, 10, 0, tzinfo=VLADIVOSTOK)
+    c = abandon("c1", "+74232123456", at)
+    res = await desk.record_contact(c, decide(c, RULES))
+    req = await desk.choose_time(res.request_id, datetime(2026, 3, 4, 15, 0), at)
+    assert req.due_at == datetime(2026, 3, 4, 15, 0, tzinfo=VLADIVOSTOK) and req.wait_reason == "chosen_time"
+    # The client calls again and hangs up: still called at the time they chose.
+    c2 = abandon("c2", "+74232123456", at + timedelta(hours=1))
+    assert (await desk.record_contact(c2, decide(c2, RULES))).merged
+    req, _, _ = await desk.get_request(res.request_id)
+    assert req.due_at == datetime(2026, 3, 4, 15, 0, tzinfo=VLADIVOSTOK) and req.time_chosen
+    with pytest.raises(ValueError, match="in the past"):
+        await desk.choose_time(res.request_id, datetime(2026, 3, 3, 9, 0), at)
+
+
+async def test_cli_adds_a_request_at_the_clients_local_time(db_url, tmp_path):
+    from callbackd import cli
+
+    config = tmp_path / "callbackd.toml"
+    config.write_text(
+        f'[database]\nurl = "{db_url}"\n[numbers]\ndefault_region = "RU"\n'
+        '[schedule]\ntimezone = "Europe/Moscow"\nopening_spread = "0s"\n'
+        '[schedule.hours]\n"mon-sun" = "00:00-24:00"\n'
+    )
+    run = functools.partial(asyncio.to_thread, cli.main)
+    assert await run(["--config", str(config), "db", "upgrade"]) == 0
+    day = (datetime.now(VLADIVOSTOK) + timedelta(days=2)).date()
+    args = ["--config", str(config), "requests", "add", "+79141234567", "--at", f"{day} 15:00"]
+    assert await run([*args, "--tz", "Asia/Vladivostok"]) == 0
+    engine = db.make_engine(db_url)
+    try:
+        store = Store(
+            engine,
+            node="t",
+            schedule=Schedule(calendar=BusinessCalendar.always_open()),
+            claim_lease=CLAIM_LEASE,
+        )
+        [req] = await store.list_requests()
+        assert req.client_zones == ["Asia/Vladivostok"] and req.time_chosen
+        assert req.due_at == datetime(day.year, day.month, day.day, 15, 0, tzinfo=VLADIVOSTOK)
+        assert req.wait_reason == "chosen_time"
+    finally:
+        await engine.dispose()
+    assert await run(["--config", str(config), "requests", "add", "+79141234568", "--at", "tomorrow"]) == 2

@@ -191,3 +191,36 @@ def test_no_zone_known_means_business_hours_only() -> None:
 def test_client_window_closed_every_day_is_refused() -> None:
     with pytest.raises(InvalidSchedule, match="closed every day"):
         ClientWindow.from_spec({"mon-sun": "closed"})
+
+
+# --- chosen times
+
+
+def test_a_keyed_in_time_is_the_clients_local_time() -> None:
+    schedule = Schedule(calendar=ALWAYS, client_window=WINDOW)
+    wall = datetime(2026, 3, 3, 15, 0)
+    assert schedule.chosen_instant(wall, ["Asia/Vladivostok"]) == datetime(2026, 3, 3, 5, 0, tzinfo=UTC)
+    # Several possible zones: the business's clock (here UTC) is the one both sides share.
+    assert schedule.chosen_instant(wall, ["Asia/Vladivostok", "Europe/Moscow"]) == datetime(
+        2026, 3, 3, 15, 0, tzinfo=UTC
+    )
+    # 02:30 on the US spring-forward night does not exist: the first instant after the gap.
+    assert schedule.chosen_instant(datetime(2026, 3, 8, 2, 30), ["America/New_York"]) == datetime(
+        2026, 3, 8, 7, 0, tzinfo=UTC
+    )
+
+
+def test_a_chosen_time_survives_merges_and_a_new_choice_replaces_it() -> None:
+    schedule = Schedule(
+        calendar=ALWAYS, client_window=WINDOW, opening_spread=timedelta(0), max_age=timedelta(days=7)
+    )
+    zones = ["Europe/Moscow"]
+    chosen = utc(2024, 6, 5, 12)  # 15:00 Moscow, two days ahead
+    missed = utc(2024, 6, 3, 9)
+    # Without a choice the earliest need wins; with one, a missed call does not pull it in.
+    assert schedule.merged_due(chosen, missed, client_zones=zones) == missed
+    assert schedule.merged_due(chosen, missed, client_zones=zones, kept_choice=True) == chosen
+    # A new choice, even a later one, replaces the standing due time, fitted into client hours.
+    later = utc(2024, 6, 6, 19)  # 22:00 Moscow: the client's evening is over
+    got = schedule.merged_due(missed, missed, later, client_zones=zones, new_choice=True)
+    assert got == utc(2024, 6, 7, 6)  # 09:00 Moscow next morning

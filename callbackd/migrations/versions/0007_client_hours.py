@@ -15,20 +15,21 @@ depends_on = None
 
 # Plain ADD/DROP COLUMN, not batch mode: on SQLite batch mode copies and drops the table, and
 # contacts and attempts hold foreign keys to requests.
-COLUMNS = (
-    sa.Column("client_zones", sa.JSON(), nullable=True),
-    sa.Column("wait_reason", sa.String(length=24), nullable=True),
-    sa.Column("time_chosen", sa.Boolean(), nullable=False, server_default=sa.text("false")),
-    sa.Column("did", sa.String(length=64), nullable=True),
-    sa.Column("queue", sa.String(length=64), nullable=True),
-)
+def _columns() -> list[sa.Column]:
+    return [
+        sa.Column("client_zones", sa.JSON(), nullable=True),
+        sa.Column("wait_reason", sa.String(length=24), nullable=True),
+        sa.Column("time_chosen", sa.Boolean(), nullable=False, server_default=sa.text("false")),
+        sa.Column("did", sa.String(length=64), nullable=True),
+        sa.Column("queue", sa.String(length=64), nullable=True),
+    ]
 
 
 def upgrade() -> None:
-    for column in COLUMNS:
-        op.add_column("requests", column.copy())
+    for column in _columns():
+        op.add_column("requests", column)
 
 
 def downgrade() -> None:
-    for column in reversed(COLUMNS):
+    for column in reversed(_columns()):
         op.drop_column("requests", column.name)
