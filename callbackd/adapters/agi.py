@@ -14,19 +14,20 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 import structlog
 from panoramisk.fast_agi import Application, Request
 
 from callbackd.domain.errors import InvalidNumber
-from callbackd.domain.intake import Contact, Disposition, IntakeRules, Source, decide
+from callbackd.domain.intake import Contact, Disposition, IntakeRules, Source, decide, keyed_time
 from callbackd.domain.phone import E164, parse_caller_id
 
 log = structlog.get_logger("callbackd.agi")
 
 ROUTE = "callback-request"
+OTHER_TIME_KEY = "2"  # "press 2 to be called at another time"
 MAX_HEADER_BYTES = 16384
 HEADER_TIMEOUT = 5.0
 
@@ -41,6 +42,12 @@ class AgiPrompts:
     enter_number: str = "vm-enter-num-to-call"  # "please enter the number you wish to call"
     you_entered: str = "you-entered"
     stored: str = "auth-thankyou"  # "Thank you."
+    # "Call me at another time": offered after the number with the key below; replace with a
+    # recording such as "to be called at another time, press 2" and "enter the time, four digits".
+    other_time: str = "vm-press"  # then "2" is said
+    enter_time: str = "vm-enter-num-to-call"
+    hours: str = "hours"
+    minutes: str = "minutes"
     try_again: str = "please-try-again"
     goodbye: str = "goodbye"
 
@@ -106,6 +113,7 @@ class CallbackAgi:
             await self._set_result(request, "cancelled")
             await self._play(request, self.prompts.goodbye)
             return
+        chosen = await self._ask_time(request)
         contact = Contact(
             source=Source.AGI,
             source_ref=ref,
@@ -113,6 +121,7 @@ class CallbackAgi:
             reason=reason,
             at=datetime.now(UTC),
             name=name,
+            chosen_local=chosen,
         )
         decision = decide(contact, self.rules)
         # Stored either way (a refused one as a contact, for the record); the abuse limits
@@ -126,7 +135,9 @@ class CallbackAgi:
             refused = disposition in (Disposition.BLOCKED, Disposition.RATE_LIMITED)
             await self._set_result(request, "blocked" if refused else "invalid")
             await self._play(request, self.prompts.goodbye)
-        log.info("agi.callback_request", result=disposition.value, reason=reason)
+        log.info(
+            "agi.callback_request", result=disposition.value, reason=reason, chosen_time=chosen is not None
+        )
 
     async def _confirm_or_ask(self, request: Request, offered: str) -> str | None:
         try:
@@ -146,6 +157,43 @@ class CallbackAgi:
                 continue
             if await self._offer(request, self.prompts.you_entered, number) == "1":
                 return str(number)
+        return None
+
+    async def _ask_time(self, request: Request) -> time | None:
+        """Offer "call me at another time": hours and minutes keyed in as HHMM, read back, confirmed.
+
+        No key, or no confirmed time after two tries, means as soon as possible. The time is
+        the client's local one; the store places it in the client's zone.
+        """
+        p = self.prompts
+        digit = _digit(await request.send_command(f'STREAM FILE {p.other_time} "12"'))
+        if not digit:
+            digit = _digit(await request.send_command('SAY DIGITS 2 "12"'))
+        if not digit:
+            digit = _digit(await request.send_command(f"WAIT FOR DIGIT {self.digit_timeout_ms}"))
+        if digit != OTHER_TIME_KEY:
+            return None
+        for _ in range(2):
+            chosen = keyed_time(await self._get_data(request, p.enter_time, 4))
+            if chosen is None:
+                await self._play(request, p.try_again)
+                continue
+            for cmd in (
+                f'STREAM FILE {p.you_entered} "12"',
+                f'SAY NUMBER {chosen.hour} "12"',
+                f'STREAM FILE {p.hours} "12"',
+                f'SAY NUMBER {chosen.minute} "12"',
+                f'STREAM FILE {p.minutes} "12"',
+                f'STREAM FILE {p.if_correct_press} "12"',
+                'SAY DIGITS 1 "12"',
+            ):
+                digit = _digit(await request.send_command(cmd))
+                if digit:
+                    break
+            else:
+                digit = _digit(await request.send_command(f"WAIT FOR DIGIT {self.digit_timeout_ms}"))
+            if digit == "1":
+                return chosen
         return None
 
     async def _offer(self, request: Request, intro: str, number: E164) -> str:

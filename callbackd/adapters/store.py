@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -154,6 +154,10 @@ class Store:
             return ContactResult(row.id, row.request_id, duplicate=True)
 
     async def _record_contact(self, contact: Contact, decision: Decision) -> ContactResult:
+        if contact.chosen_local is not None and decision.number is not None:
+            zones = self.schedule.zones_for(E164.trusted(decision.number), contact.client_tz)
+            at = self.schedule.next_chosen(contact.chosen_local, contact.at, zones)
+            contact = replace(contact, preferred_at=at, time_chosen=True, chosen_local=None)
         async with self.session() as s, s.begin():
             seen = (
                 await s.execute(

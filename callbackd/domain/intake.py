@@ -9,7 +9,7 @@ contacts merge into it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 
 from callbackd.domain.errors import InvalidNumber
@@ -64,6 +64,9 @@ class Contact:
     # preferred_at is a time the client chose ("call me at 15:00"): later contacts do not pull it
     # in. Without it preferred_at only means "not before" (a web form's preferred_time).
     time_chosen: bool = False
+    # "Call me at 15:30" keyed in on the phone: the client's local wall time, the next one to come.
+    # The store turns it into preferred_at in the client's zone.
+    chosen_local: time | None = None
     # The client's IANA time zone when the source knows it (a lead form); else the number tells.
     client_tz: str | None = None
     # The number the client dialled and the queue they waited in (calls only): the callback can
@@ -123,3 +126,13 @@ def limit(decision: Decision, refusal: str | None) -> Decision:
     if refusal is None or not decision.schedules:
         return decision
     return replace(decision, disposition=Disposition.RATE_LIMITED, detail=refusal)
+
+
+def keyed_time(digits: str) -> time | None:
+    """'1530' or '930' keyed on a phone as a time of day; None when it is not one."""
+    if not digits.isdigit() or len(digits) not in (3, 4):
+        return None
+    hours, minutes = int(digits[:-2]), int(digits[-2:])
+    if hours > 23 or minutes > 59:
+        return None
+    return time(hours, minutes)

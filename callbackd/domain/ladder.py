@@ -9,9 +9,10 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from types import MappingProxyType
+from zoneinfo import ZoneInfo
 
 from callbackd.domain.calendar import BusinessCalendar, CallingHours, ClientWindow, OpenHours, wall_time_in
 from callbackd.domain.errors import InvalidSchedule, NoCommonHours
@@ -156,6 +157,16 @@ class Schedule:
         """A keyed-in local time in the client's zone; with several possible zones, the business's."""
         zone = client_zones[0] if len(client_zones) == 1 else str(self.calendar.tz)
         return wall_time_in(wall, zone)
+
+    def next_chosen(self, wall: time, now: datetime, client_zones: Sequence[str] = ()) -> datetime:
+        """The next time the client's clock shows ``wall`` (today or tomorrow): "call me at 15:30"."""
+        zone = client_zones[0] if len(client_zones) == 1 else str(self.calendar.tz)
+        local_now = _utc(now, "now").astimezone(ZoneInfo(zone))
+        for days in (0, 1, 2):
+            at = wall_time_in(datetime.combine(local_now.date() + timedelta(days=days), wall), zone)
+            if at >= _utc(now, "now"):
+                return at
+        raise AssertionError("a wall time recurs within two days")  # pragma: no cover
 
     def ladder_for(self, queue: str | None = None) -> RetryLadder:
         return self.queue_ladders.get(queue or "", self.ladder)

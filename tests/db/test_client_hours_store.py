@@ -175,3 +175,54 @@ async def test_cli_adds_a_request_at_the_clients_local_time(db_url, tmp_path):
     finally:
         await engine.dispose()
     assert await run(["--config", str(config), "requests", "add", "+79141234568", "--at", "tomorrow"]) == 2
+
+
+class KeypadCaller:
+    """Asterisk's side of the FastAGI route: confirms the number, presses 2, keys in 15:30, confirms."""
+
+    def __init__(self, typed: str) -> None:
+        self.headers = {"agi_arg_1": "+74232123456", "agi_uniqueid": "u-keypad"}
+        self.typed = typed
+        self.sent: list[str] = []
+
+    async def send_command(self, command: str) -> dict:
+        self.sent.append(command)
+        if command.startswith("GET DATA"):
+            return {"result": (self.typed, "")}
+        if command.startswith("WAIT FOR DIGIT"):
+            return {"result": (str(ord("1")), "")}
+        if command.startswith("STREAM FILE vm-press"):
+            return {"result": (str(ord("2")), "")}
+        return {"result": ("0", "")}
+
+
+async def test_keypad_chosen_time_over_fastagi_is_stored_in_the_clients_zone(desk):
+    from callbackd.adapters.agi import CallbackAgi
+
+    async def submit(c: Contact):
+        return await desk.record_contact(c, decide(c, RULES))
+
+    agi = CallbackAgi(submit, RULES)
+    caller = KeypadCaller("1530")
+    await agi.callback_request(caller)  # type: ignore[arg-type]
+    assert "SET VARIABLE CB_RESULT stored" in caller.sent
+    # Read back as hours and minutes before it is stored.
+    assert 'SAY NUMBER 15 "12"' in caller.sent and 'SAY NUMBER 30 "12"' in caller.sent
+    [req] = await desk.list_requests()
+    due = req.due_at.astimezone(VLADIVOSTOK)
+    assert (due.hour, due.minute) == (15, 30) and req.time_chosen and req.wait_reason == "chosen_time"
+    assert timedelta(0) <= req.due_at - req.created_at <= timedelta(days=1)
+
+
+@pytest.mark.parametrize("typed", ["2460", "99", "abcd"])
+async def test_a_bad_keyed_time_is_asked_again_then_as_soon_as_possible(desk, typed):
+    from callbackd.adapters.agi import CallbackAgi
+
+    async def submit(c: Contact):
+        return await desk.record_contact(c, decide(c, RULES))
+
+    caller = KeypadCaller(typed)
+    await CallbackAgi(submit, RULES).callback_request(caller)  # type: ignore[arg-type]
+    assert caller.sent.count('STREAM FILE please-try-again ""') == 2
+    [req] = await desk.list_requests()
+    assert not req.time_chosen and req.preferred_at is None

@@ -13,6 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+
 # Plain ADD/DROP COLUMN, not batch mode: on SQLite batch mode copies and drops the table, and
 # contacts and attempts hold foreign keys to requests.
 def _columns() -> list[sa.Column]:
