@@ -89,7 +89,7 @@ async def test_caller_id_on_the_client_leg_is_the_did_dialled(lab, fresh, daemon
     daemon = daemon_factory(config)
     await abandon(lab, "2025550181")
     out = await wait(daemon, "attempt.outcome", 60, number="+12025550181")
-    assert out["outcome"] == "answered"
+    assert out["outcome"] == "answered", show(config, "+12025550181")
     assert show(config, "+12025550181")["did"] == "100"
     invites = [line for line in lab.pstn("--log").splitlines() if "2025550181" in line and '"invite"' in line]
     assert invites and '"caller": "+12025550155"' in invites[-1], invites[-1:]
@@ -104,7 +104,7 @@ async def test_busy_client_is_retried_after_the_busy_delay(lab, fresh, daemon_fa
     res = cli(config, "requests", "add", "+12025550282", "--name", "Busy Client")
     assert "created" in res.stdout, res.stdout + res.stderr
     o1 = await wait(daemon, "attempt.outcome", 40, number="+12025550282", try_no=1)
-    assert o1["outcome"] == "client_busy" and o1["request_status"] == "open"
+    assert o1["outcome"] == "client_busy" and o1["request_status"] == "open", show(config, "+12025550282")
     r1 = await wait(daemon, "operator.ringing", 1, number="+12025550282", try_no=1)
     o2 = await wait(daemon, "attempt.outcome", 60, number="+12025550282", try_no=2)
     assert o2["outcome"] == "answered" and o2["request_status"] == "reached"
