@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from callbackd import config as config_mod
 from callbackd.config import Config, ConfigError
@@ -252,13 +252,17 @@ def _csv_options(args: argparse.Namespace, base: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[TextIO]:
-    """Standard output as UTF-8 whatever the locale, or a file replaced atomically."""
-    from callbackd.adapters.reports import atomic_text
+def _output(path: str | None, *, binary: bool = False) -> Iterator[Any]:
+    """Standard output as UTF-8 whatever the locale (bytes when *binary*), or a file replaced atomically."""
+    from callbackd.adapters.files import atomic_write
 
     if path and path != "-":
-        with atomic_text(Path(path)) as f:
+        with atomic_write(Path(path), binary=binary) as f:
             yield f
+        return
+    if binary:  # a terminal was refused before (_binary_target)
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
         return
     out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
     try:
@@ -266,6 +270,15 @@ def _output(path: str | None) -> Iterator[TextIO]:
     finally:
         out.flush()
         out.detach()
+
+
+def _settings(args: argparse.Namespace, cfg: Config) -> Any:
+    from dataclasses import replace
+
+    from callbackd.adapters import reports
+
+    settings = reports.ReportSettings.from_config(cfg)
+    return replace(settings, language=args.lang) if args.lang else settings
 
 
 def _run_db(go: Callable[[], Awaitable[int]]) -> int:
@@ -283,9 +296,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from callbackd.domain.metrics import Grouping
 
     cfg = _load(args)
-    settings = reports.ReportSettings.from_config(cfg)
+    settings = _settings(args, cfg)
     try:
         start, end = _bounds(args, settings.tz)
+        _binary_target(args)
+        if args.recovery and args.format == "xlsx":
+            raise ValueError("--recovery writes table, csv or json")
     except ValueError as exc:
         print(f"callbackd report: {exc}", file=sys.stderr)
         return 2
@@ -307,11 +323,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                 )
         finally:
             await engine.dispose()
-        with _output(args.output) as out:
+        with _output(args.output, binary=args.format in reports.BINARY_FORMATS) as out:
             if args.recovery:
                 reports.write_recovery(recovery, out, args.format, options, settings.tz)
             else:
-                reports.write_report(report, out, args.format, options, settings.tz)
+                reports.write_report(report, out, args.format, settings, options)
         return 0
 
     return _run_db(go)
@@ -321,9 +337,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from callbackd.adapters import db, reports
 
     cfg = _load(args)
-    settings = reports.ReportSettings.from_config(cfg)
+    settings = _settings(args, cfg)
     try:
         start, end = _bounds(args, settings.tz)
+        _binary_target(args)
     except ValueError as exc:
         print(f"callbackd export: {exc}", file=sys.stderr)
         return 2
@@ -332,8 +349,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     async def go() -> int:
         engine = db.make_engine(cfg.database.url)
         try:
-            with _output(args.output) as out:
-                n = await reports.export(engine, args.what, start, end, out, options, settings.tz)
+            with _output(args.output, binary=args.format in reports.BINARY_FORMATS) as out:
+                n = await reports.export(
+                    engine, args.what, start, end, out, settings, options, fmt=args.format
+                )
         finally:
             await engine.dispose()
         if args.output and args.output != "-":
@@ -375,6 +394,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return _run_db(go)
 
 
+def _binary_target(args: argparse.Namespace) -> None:
+    """Refuse a spreadsheet bound for a terminal before any work is done."""
+    if args.format == "xlsx" and (not args.output or args.output == "-") and sys.stdout.isatty():
+        raise ValueError("a spreadsheet is binary: give --output FILE or redirect standard output")
+
+
 def _period_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="start", required=True, metavar="DATE", help="YYYY-MM-DD or ISO datetime")
     p.add_argument("--to", dest="end", metavar="DATE", help="exclusive end (default: now)")
@@ -382,6 +407,7 @@ def _period_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bom", action="store_true", help="start CSV with a UTF-8 byte order mark")
     p.add_argument("--delimiter", choices=[",", ";", "tab"], metavar="CHAR", help="CSV: ',' ';' or 'tab'")
     p.add_argument("--excel-ru", action="store_true", help="CSV for Russian Excel: BOM, ';', decimal ','")
+    p.add_argument("--lang", choices=["en", "ru"], help="xlsx headers (default: reports.language)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -421,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="abandon rate, service level and callback figures for a period")
     _period_arguments(rp)
     rp.add_argument("--by", choices=["day", "hour", "queue", "operator", "source"])
-    rp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rp.add_argument("--format", choices=["table", "csv", "json", "xlsx"], default="table")
     rp.add_argument(
         "--recovery",
         action="store_true",
@@ -450,9 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--format", choices=["table", "json"], default="table")
     sm.add_argument("--output", "-o", metavar="FILE", help="write FILE (replaced atomically), not stdout")
     sm.set_defaults(func=cmd_simulate)
-    ex = sub.add_parser("export", help="CSV, one row per stored call, request or attempt")
+    ex = sub.add_parser("export", help="CSV or xlsx, one row per stored call, request or attempt")
     ex.add_argument("what", choices=["calls", "requests", "attempts"])
     _period_arguments(ex)
+    ex.add_argument("--format", choices=["csv", "xlsx"], default="csv")
     ex.set_defaults(func=cmd_export)
     return p
 

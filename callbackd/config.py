@@ -385,7 +385,7 @@ class ScheduledReportConfig(_Section):
     what: Literal["report", "calls", "requests", "attempts"] = "report"
     period: str = "yesterday"
     by: Literal["day", "hour", "queue", "operator", "source"] = "day"
-    format: Literal["csv", "json", "table"] = "csv"
+    format: Literal["csv", "json", "table", "xlsx"] = "csv"
     directory: Path = Path("/var/lib/callbackd/reports")
 
     @field_validator("cron")
@@ -410,8 +410,8 @@ class ScheduledReportConfig(_Section):
 
     @model_validator(mode="after")
     def _exports_are_csv(self) -> ScheduledReportConfig:
-        if self.what != "report" and self.format != "csv":
-            raise ValueError(f'{self.what} exports are CSV only; drop format or set it to "csv"')
+        if self.what != "report" and self.format not in ("csv", "xlsx"):
+            raise ValueError(f'{self.what} exports are CSV or xlsx only; drop format or set it to "csv"')
         return self
 
 
@@ -422,6 +422,7 @@ class ReportsConfig(_Section):
     csv_bom: bool = False
     csv_delimiter: Literal[",", ";", "\t"] = ","
     csv_decimal: Literal[".", ","] = "."
+    language: Literal["en", "ru"] = "en"  # spreadsheet headers and sheet names
     schedule: list[ScheduledReportConfig] = []
 
     @field_validator("timezone")
