@@ -400,12 +400,27 @@ class Daemon:
     async def _start_lead_intake(self, stack: AsyncExitStack) -> None:
         """Web forms over HTTP and MQTT; pushed last, so they stop taking input first on exit."""
         if self.cfg.http.enabled:
+            from callbackd.adapters import api
             from callbackd.adapters.http import HttpServer, build_app
             from callbackd.adapters.metrics import router
+            from callbackd.adapters.reports import ReportSettings
+            from callbackd.adapters.tokens import Tokens
 
+            tokens = Tokens.from_config(self.cfg)
             routers = [router(self.metrics, self.store)] if self.cfg.http.metrics else []
+            routers.append(
+                api.router(
+                    self.store,
+                    tokens,
+                    db_url=self.cfg.database.url,
+                    settings=lambda: ReportSettings.from_config(self.cfg),
+                    wake=self.dialer.wake.set,
+                )
+            )
             # A function, not the rules: a reload replaces self.rules.
-            app = build_app(self.submit, self.cfg.http_token(), lambda: self.rules, extra_routers=routers)
+            app = build_app(
+                self.submit, self.cfg.http_token(), lambda: self.rules, extra_routers=routers, tokens=tokens
+            )
             server = HttpServer(app, self.cfg.http.host, self.cfg.http.port)
             await server.start()
             stack.push_async_callback(server.stop)

@@ -444,6 +444,66 @@ class ReportsConfig(_Section):
         return self
 
 
+API_SCOPES = ("intake", "read", "admin")
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class ApiTokenConfig(_Section):
+    """One ``[[api.tokens]]`` entry: a bearer token for a CRM or a script, and what it may do.
+
+    Scopes: intake (POST /v1/callbacks), read (requests and report figures), admin (cancel,
+    retry, schedule; implies read).
+    """
+
+    name: str
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    scopes: list[Literal["intake", "read", "admin"]] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOKEN_NAME.match(v):
+            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < _MIN_TOKEN:
+            raise ValueError(f"use at least {_MIN_TOKEN} characters, e.g. from: openssl rand -hex 24")
+        return v
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiTokenConfig:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("set exactly one of token and token_file")
+        return self
+
+    def secret(self) -> str:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        assert self.token_file is not None
+        value = self.token_file.read_text().strip()
+        if len(value) < _MIN_TOKEN:
+            raise ConfigError(f"api.tokens {self.name}: the token in {self.token_file} is too short")
+        return value
+
+
+class ApiConfig(_Section):
+    """The HTTP API beyond lead intake, served on the [http] listener."""
+
+    tokens: list[ApiTokenConfig] = []
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique(cls, v: list[ApiTokenConfig]) -> list[ApiTokenConfig]:
+        names = [t.name for t in v]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must differ (they name the actor in the audit log)")
+        return v
+
+
 class ServiceConfig(_Section):
     """How the daemon reports on itself to ``callbackd status`` and systemd."""
 
@@ -469,6 +529,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     reports: ReportsConfig = ReportsConfig()
     service: ServiceConfig = ServiceConfig()
+    api: ApiConfig = ApiConfig()
     node: str = Field(default_factory=lambda: os.uname().nodename)
     # The Asterisk this daemon watches: calls and contacts are unique per PBX, since two servers
     # on one database can raise the same Linkedid. "" means the node name; a standby daemon on
@@ -547,6 +608,7 @@ def _holds_secret(data: dict[str, Any]) -> bool:
         bool(data.get("ami", {}).get("secret"))
         or bool(data.get("http", {}).get("token"))
         or bool(data.get("mqtt", {}).get("password"))
+        or any(t.get("token") for t in data.get("api", {}).get("tokens", []) if isinstance(t, dict))
     )
 
 
