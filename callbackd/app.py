@@ -179,6 +179,14 @@ class Daemon:
                 schedule=self.cfg.schedule_rules(),
                 claim_lease=CLAIM_LEASE,
             )
+            if self.cfg.webhooks.endpoints:
+                from callbackd.adapters import webhooks
+
+                endpoints, policy = webhooks.from_config(self.cfg)
+                self.store.outbox = webhooks.Outbox(endpoints, policy)
+                dispatcher = webhooks.Dispatcher(engine, tuple(endpoints), policy)
+                dispatcher.start()
+                stack.push_async_callback(dispatcher.stop)  # after the dialer's drain: its events go too
             a = self.cfg.ami
             self.ami = AmiClient(
                 host=a.host,

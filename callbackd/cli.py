@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import io
 import json
 import os
@@ -72,6 +73,10 @@ async def _with_store(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
             schedule=cfg.schedule_rules(),
             claim_lease=CLAIM_LEASE,
         )
+        if cfg.webhooks.endpoints:  # changes made here reach the CRM too: the daemon sends the outbox
+            from callbackd.adapters import webhooks
+
+            store.outbox = webhooks.Outbox(webhooks.from_config(cfg)[0])
         return await fn(store)
     finally:
         await engine.dispose()
@@ -201,7 +206,7 @@ def cmd_requests(args: argparse.Namespace) -> int:
             return 0
         event = RequestEvent.CANCEL if args.action == "cancel" else RequestEvent.RETRY_NOW
         try:
-            req = await store.admin_event(args.id, event, now)
+            req = await store.admin_event(args.id, event, now, actor=f"cli:{getpass.getuser()}")
         except IllegalTransition as exc:
             print(f"request {args.id}: {exc}", file=sys.stderr)
             return 1
@@ -400,6 +405,54 @@ def _binary_target(args: argparse.Namespace) -> None:
         raise ValueError("a spreadsheet is binary: give --output FILE or redirect standard output")
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """The webhook outbox: what is pending, delivered or dead; send dead events again."""
+    from callbackd.adapters import db, webhooks
+
+    cfg = _load(args)
+
+    async def go() -> int:
+        engine = db.make_engine(cfg.database.url)
+        try:
+            if args.action == "retry":
+                if not args.ids and not args.dead:
+                    print("callbackd webhooks retry: give event ids or --dead", file=sys.stderr)
+                    return 2
+                n = await webhooks.retry(engine, args.ids, all_dead=args.dead, now=datetime.now(UTC))
+                print(f"{n} event(s) due again; the daemon sends them within webhooks.poll_interval")
+                return 0
+            rows = await webhooks.list_events(engine, args.status, args.limit)
+        finally:
+            await engine.dispose()
+        if args.json:
+            out = [
+                {
+                    "id": r.id,
+                    "endpoint": r.endpoint,
+                    "event": r.event,
+                    "request_id": r.request_id,
+                    "status": r.status,
+                    "tries": r.tries,
+                    "due_at": _iso(r.due_at),
+                    "delivered_at": _iso(r.delivered_at),
+                    "last_error": r.last_error,
+                }
+                for r in rows
+            ]
+            print(json.dumps(out, indent=2))
+            return 0
+        head = f"{'ID':>7}  {'STATUS':<9} {'ENDPOINT':<12} {'EVENT':<16} {'REQUEST':>7} {'TRIES':>5}"
+        print(head + "  LAST ERROR")
+        for r in rows:
+            print(
+                f"{r.id:>7}  {r.status:<9} {r.endpoint[:12]:<12} {r.event:<16} {r.request_id or '-':>7} "
+                f"{r.tries:>5}  {r.last_error}"
+            )
+        return 0
+
+    return _run_db(go)
+
+
 def _period_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="start", required=True, metavar="DATE", help="YYYY-MM-DD or ISO datetime")
     p.add_argument("--to", dest="end", metavar="DATE", help="exclusive end (default: now)")
@@ -481,6 +534,17 @@ def build_parser() -> argparse.ArgumentParser:
     _period_arguments(ex)
     ex.add_argument("--format", choices=["csv", "xlsx"], default="csv")
     ex.set_defaults(func=cmd_export)
+
+    wh = sub.add_parser("webhooks", help="the webhook outbox: list events, send dead ones again")
+    whs = wh.add_subparsers(dest="action", required=True)
+    wl = whs.add_parser("list")
+    wl.add_argument("--status", choices=["pending", "delivered", "dead"])
+    wl.add_argument("--limit", type=int, default=100)
+    wl.add_argument("--json", action="store_true")
+    wr = whs.add_parser("retry")
+    wr.add_argument("ids", type=int, nargs="*", metavar="ID")
+    wr.add_argument("--dead", action="store_true", help="every dead event")
+    wh.set_defaults(func=cmd_webhooks)
     return p
 
 

@@ -504,6 +504,90 @@ class ApiConfig(_Section):
         return v
 
 
+WEBHOOK_EVENTS = (
+    "request.created",
+    "request.merged",
+    "attempt.started",
+    "attempt.outcome",
+    "request.reached",
+    "request.closed",
+)
+WebhookEvent = Literal[
+    "request.created",
+    "request.merged",
+    "attempt.started",
+    "attempt.outcome",
+    "request.reached",
+    "request.closed",
+]
+
+
+class WebhookEndpointConfig(_Section):
+    """One ``[[webhooks.endpoints]]`` entry: where events go, signed with its secret.
+
+    ``kind = "bitrix24"``: *url* is a Bitrix24 incoming webhook (``https://PORTAL/rest/USER/KEY/``);
+    the missed call is registered and finished through telephony.externalcall.*, and the key in
+    the URL authenticates, so no secret is needed.
+    """
+
+    name: str
+    url: str
+    kind: Literal["generic", "bitrix24"] = "generic"
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    events: list[WebhookEvent] = list(WEBHOOK_EVENTS)
+    bitrix_user_id: int = Field(1, ge=1)  # the Bitrix24 user the calls are shown to
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOKEN_NAME.match(v):
+            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("use an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _signed(self) -> WebhookEndpointConfig:
+        if self.kind == "generic" and (self.secret is None) == (self.secret_file is None):
+            raise ValueError("set exactly one of secret and secret_file (the HMAC key)")
+        if self.secret is not None and len(self.secret.get_secret_value()) < _MIN_TOKEN:
+            raise ValueError(f"secret: use at least {_MIN_TOKEN} characters")
+        return self
+
+    def secret_value(self) -> str:
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self.secret_file is not None:
+            return self.secret_file.read_text().strip()
+        return ""
+
+
+class WebhooksConfig(_Section):
+    """Events to CRMs through a database outbox: kept across restarts, retried with backoff."""
+
+    endpoints: list[WebhookEndpointConfig] = []
+    timeout: Duration = Field(timedelta(seconds=10), gt=timedelta(0))
+    backoff_min: Duration = Field(timedelta(seconds=10), gt=timedelta(0))
+    backoff_max: Duration = Field(timedelta(hours=1), gt=timedelta(0))
+    max_tries: int = Field(30, ge=1)  # then the event goes to the dead-letter list
+    poll_interval: Duration = Field(timedelta(seconds=1), gt=timedelta(0))
+    concurrency: int = Field(8, ge=1, le=64)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique(cls, v: list[WebhookEndpointConfig]) -> list[WebhookEndpointConfig]:
+        names = [e.name for e in v]
+        if len(set(names)) != len(names):
+            raise ValueError("endpoint names must differ (the outbox is kept per name)")
+        return v
+
+
 class ServiceConfig(_Section):
     """How the daemon reports on itself to ``callbackd status`` and systemd."""
 
@@ -530,6 +614,7 @@ class Config(_Section):
     reports: ReportsConfig = ReportsConfig()
     service: ServiceConfig = ServiceConfig()
     api: ApiConfig = ApiConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     node: str = Field(default_factory=lambda: os.uname().nodename)
     # The Asterisk this daemon watches: calls and contacts are unique per PBX, since two servers
     # on one database can raise the same Linkedid. "" means the node name; a standby daemon on
@@ -609,6 +694,11 @@ def _holds_secret(data: dict[str, Any]) -> bool:
         or bool(data.get("http", {}).get("token"))
         or bool(data.get("mqtt", {}).get("password"))
         or any(t.get("token") for t in data.get("api", {}).get("tokens", []) if isinstance(t, dict))
+        or any(
+            e.get("secret") or e.get("kind") == "bitrix24"  # a Bitrix24 webhook URL holds its key
+            for e in data.get("webhooks", {}).get("endpoints", [])
+            if isinstance(e, dict)
+        )
     )
 
 

@@ -188,6 +188,7 @@ class OutboxEvent(Base):
     due_at: Mapped[datetime] = mapped_column(UTCDateTime())
     tries: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(String(300), default="")
+    ref: Mapped[str] = mapped_column(String(128), default="")  # what the receiver named it (Bitrix24 CALL_ID)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_webhook_outbox_status_due", "status", "due_at"),)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -100,9 +101,11 @@ class Store:
         self.schedule = schedule
         self.claim_lease = claim_lease
         self._session = sessionmaker(engine)
+        self.outbox: Any = None  # a webhooks.Outbox: writes the events of every flush
 
     def session(self) -> AsyncSession:
-        return self._session()
+        s = self._session()
+        return self.outbox.attach(s) if self.outbox is not None else s
 
     # -- intake ----------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("tries", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.String(length=300), nullable=False),
+        sa.Column("ref", sa.String(length=128), nullable=False),
         sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
