@@ -429,6 +429,20 @@ class Daemon:
             app = build_app(
                 self.submit, self.cfg.http_token(), lambda: self.rules, extra_routers=routers, tokens=tokens
             )
+            if self.cfg.console.enabled:
+                from callbackd.adapters import console
+
+                pages = console.router(
+                    self.store,
+                    console.auth_from_config(self.cfg),
+                    db_url=self.cfg.database.url,
+                    settings=lambda: ReportSettings.from_config(self.cfg),
+                    live=lambda: console.live_view(self),
+                    default_language=self.cfg.console.language,
+                    wake=self.dialer.wake.set,
+                    intake=console.submitter(self.submit),
+                )
+                console.install(app, pages)
             server = HttpServer(app, self.cfg.http.host, self.cfg.http.port)
             await server.start()
             stack.push_async_callback(server.stop)

@@ -453,6 +453,26 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     return _run_db(go)
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """``console hash-password``: the argon2 hash for ``password_hash``, from a prompt or stdin."""
+    import getpass as gp
+
+    from callbackd.adapters.console.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = gp.getpass("password: ")
+        if gp.getpass("again: ") != password:
+            print("callbackd console: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("callbackd console: use at least 8 characters", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def _period_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="start", required=True, metavar="DATE", help="YYYY-MM-DD or ISO datetime")
     p.add_argument("--to", dest="end", metavar="DATE", help="exclusive end (default: now)")
@@ -545,6 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     wr.add_argument("ids", type=int, nargs="*", metavar="ID")
     wr.add_argument("--dead", action="store_true", help="every dead event")
     wh.set_defaults(func=cmd_webhooks)
+
+    co = sub.add_parser("console", help="web console accounts")
+    cos = co.add_subparsers(dest="action", required=True)
+    cos.add_parser("hash-password", help="print the argon2 hash of a password read from the prompt or stdin")
+    co.set_defaults(func=cmd_console)
     return p
 
 

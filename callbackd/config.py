@@ -588,6 +588,58 @@ class WebhooksConfig(_Section):
         return v
 
 
+class ConsoleAccountConfig(_Section):
+    """One ``[[console.accounts]]`` entry; make the hash with ``callbackd console hash-password``."""
+
+    name: str
+    password_hash: str = ""  # empty: only through the trusted proxy header
+    role: Literal["viewer", "operator", "admin"] = "viewer"
+    language: Literal["en", "ru"] | None = None  # default: console.language
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOKEN_NAME.match(v):
+            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        if v and not v.startswith("$argon2"):
+            raise ValueError("not an argon2 hash: make one with callbackd console hash-password")
+        return v
+
+
+class ConsoleConfig(_Section):
+    """The web console on the [http] listener, at /console/."""
+
+    enabled: bool = False
+    language: Literal["en", "ru"] = "en"
+    accounts: list[ConsoleAccountConfig] = []
+    session_ttl: Duration = Field(timedelta(hours=12), gt=timedelta(0))
+    session_key_file: Path | None = None  # default: a new key each start (sessions end on restart)
+    secure_cookies: bool = True  # keep on unless the browser reaches the daemon over plain HTTP off loopback
+    trusted_user_header: str | None = None  # e.g. "X-Remote-User", set by your reverse proxy
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]  # the header counts only from these addresses
+    sign_in_attempts: int = Field(5, ge=1)  # failed sign-ins per account per sign_in_window
+    sign_in_window: Duration = Field(timedelta(minutes=5), gt=timedelta(0))
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique(cls, v: list[ConsoleAccountConfig]) -> list[ConsoleAccountConfig]:
+        names = [a.name for a in v]
+        if len(set(names)) != len(names):
+            raise ValueError("account names must differ")
+        return v
+
+    @model_validator(mode="after")
+    def _usable(self) -> ConsoleConfig:
+        if self.enabled and not self.accounts:
+            raise ValueError("enabled without accounts: add [[console.accounts]]")
+        return self
+
+
 class ServiceConfig(_Section):
     """How the daemon reports on itself to ``callbackd status`` and systemd."""
 
@@ -615,6 +667,7 @@ class Config(_Section):
     service: ServiceConfig = ServiceConfig()
     api: ApiConfig = ApiConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    console: ConsoleConfig = ConsoleConfig()
     node: str = Field(default_factory=lambda: os.uname().nodename)
     # The Asterisk this daemon watches: calls and contacts are unique per PBX, since two servers
     # on one database can raise the same Linkedid. "" means the node name; a standby daemon on

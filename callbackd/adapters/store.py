@@ -570,6 +570,23 @@ class Store:
                 s.add(m.AuditEntry(at=now, actor=actor, action=event.value, request_id=req.id, detail=detail))
             return req
 
+    async def annotate(
+        self, request_id: int, what: str, value: str, now: datetime, *, actor: str
+    ) -> m.Request:
+        """A note (appended, signed) or a disposition (replaced) by hand; audited in the same transaction."""
+        async with self.session() as s, s.begin():
+            req = await s.get(m.Request, request_id, with_for_update=True)
+            if req is None:
+                raise NotFound(f"no request {request_id}")
+            if what == "note":
+                line = f"[{now:%Y-%m-%d %H:%M} {actor}] {value}"
+                req.note = (req.note + "\n" + line).strip()[-4000:]
+            else:
+                req.disposition = value
+            req.updated_at = now
+            s.add(m.AuditEntry(at=now, actor=actor, action=what, request_id=req.id, detail={"value": value}))
+            return req
+
     async def counts_by_status(self) -> dict[str, int]:
         async with self.session() as s:
             rows = await s.execute(select(m.Request.status, func.count()).group_by(m.Request.status))

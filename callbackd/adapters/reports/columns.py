@@ -120,6 +120,7 @@ EXPORT_HEADERS: dict[str, tuple[str, str]] = {
     "closed_at": ("Closed", "Закрыта"),
     "close_reason": ("Close reason", "Причина закрытия"),
     "note": ("Note", "Заметка"),
+    "disposition": ("Disposition", "Результат"),
     "claimed_by": ("Claimed by", "Взята узлом"),
     "claim_expires": ("Claim expires", "Захват до"),
     "request_id": ("Request", "Заявка"),

@@ -367,3 +367,14 @@ async def build_recovery(
             async for row in recovery_rows(conn, start, end):
                 builder.add_request(row)
     return builder.build()
+
+
+async def reach_by_try(engine: AsyncEngine, start: datetime, end: datetime) -> dict[int, int]:
+    """Answered callbacks started in the period, by attempt number: on which try clients were reached."""
+    stmt = (
+        select(m.Attempt.try_no, func.count())
+        .where(m.Attempt.outcome == "answered", m.Attempt.started_at >= start, m.Attempt.started_at < end)
+        .group_by(m.Attempt.try_no)
+    )
+    async with engine.connect() as conn:
+        return {int(k): int(n) for k, n in (await conn.execute(stmt)).all()}

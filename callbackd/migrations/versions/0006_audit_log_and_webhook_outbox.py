@@ -1,4 +1,4 @@
-"""audit log and webhook outbox
+"""audit log, webhook outbox, request disposition
 
 Revision ID: 0006
 Revises: 0001
@@ -15,6 +15,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("requests", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("disposition", sa.String(length=32), nullable=True))
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -51,3 +53,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("webhook_outbox")
     op.drop_table("audit_log")
+    with op.batch_alter_table("requests", schema=None) as batch_op:
+        batch_op.drop_column("disposition")
