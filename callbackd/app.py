@@ -55,6 +55,7 @@ from callbackd.domain.limits import AbuseGuard, AbuseLimits
 from callbackd.domain.operators import OperatorPool
 from callbackd.domain.pbx import UnsupportedAsterisk, check_asterisk
 from callbackd.domain.phone import NumberRules, mask, parse_caller_id
+from callbackd.domain.states import RequestStatus
 
 log = structlog.get_logger("callbackd")
 
@@ -142,7 +143,7 @@ class Daemon:
         self.state = "starting"  # running, draining, stopped: shown by `callbackd status`
         self.started_at = utcnow()
         self.reloaded_at: datetime | None = None
-        self.metrics = Metrics(self._live)
+        self.metrics = Metrics(self._live, version=VERSION)
         self._status_error: str | None = None
         self._agi: Any = None
         self._mqtt: Any = None
@@ -490,6 +491,7 @@ class Daemon:
             except InvalidNumber:
                 number = None
             await self.store.record_call(item.call, str(number) if number else None)
+            self.metrics.call_recorded(item.call.missed.value if item.call.missed else None)
 
     async def submit(self, contact: Contact) -> ContactResult:
         """Every source ends here: decide, apply the abuse limits, store once, wake the dialer."""
@@ -549,6 +551,7 @@ class Daemon:
         if number is None:
             return
         closed = await self.store.recover(str(number), at, how)
+        self.metrics.recovered_by(how, len(closed))
         if closed:
             log.info("request.recovered", request_ids=closed, number=self._num(str(number)), how=how)
 
@@ -666,7 +669,8 @@ class Daemon:
         self.metrics.attempt_started(req.id, req.created_at, utcnow(), first)
 
     def _attempt_finished(self, run: Run, done: Finished) -> None:
-        self.metrics.attempt_finished(done.outcome.value)
+        reached = done.request_status == RequestStatus.REACHED
+        self.metrics.attempt_finished(done.outcome.value, reached=reached)
 
 
 async def _close_server(server: asyncio.Server) -> None:
