@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from browserkit import chromium_driver, shot
 from leadkit import RULES, TOKEN
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -29,30 +26,7 @@ from callbackd.domain.intake import Contact, Source
 from callbackd.domain.metrics import Thresholds
 
 MSK = ZoneInfo("Europe/Moscow")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 PASSWORD = "correct horse battery"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,900",
-]
-
-
-def chromium_driver(profile: Path) -> webdriver.Chrome:
-    for binary in ("chromium", "chromedriver"):
-        if shutil.which(binary) is None:
-            pytest.fail(f"{binary} is missing: apt-get install chromium chromium-driver (make setup does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in [*FLAGS, f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
 
 
 @pytest.fixture
@@ -102,11 +76,6 @@ async def seed_calls(engine) -> None:
         )
     async with db.sessionmaker(engine)() as s, s.begin():
         s.add_all(rows)
-
-
-def shot(driver, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
 async def test_console_in_chromium(served, browser, submit, lead_store, sqlite_url, tmp_path, capsys):
