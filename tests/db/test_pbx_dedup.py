@@ -121,7 +121,7 @@ async def test_upgrade_from_0001_keeps_rows_and_scopes_them(db_url):
             for sql in SEED_0001:
                 await conn.execute(text(sql), {"at": at})
         await db.upgrade(engine)
-        assert await db.current_revision(engine) == "0002"
+        assert await db.current_revision(engine) == db.head_revision()  # 0002 and what follows it
         async with engine.connect() as conn:
             calls = (
                 await conn.execute(select(m.Call.id, m.Call.pbx, m.Call.linkedid).order_by(m.Call.id))

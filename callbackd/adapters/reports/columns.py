@@ -105,6 +105,7 @@ EXPORT_HEADERS: dict[str, tuple[str, str]] = {
     "outcome": ("Outcome", "Итог"),
     "miss_reason": ("Why missed", "Причина пропуска"),
     "node": ("Node", "Узел"),
+    "pbx": ("PBX", "АТС"),
     "name": ("Name", "Имя"),
     "reason": ("Reason", "Причина"),
     "sources": ("Sources", "Источники"),
