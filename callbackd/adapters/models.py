@@ -192,4 +192,7 @@ class OutboxEvent(Base):
     ref: Mapped[str] = mapped_column(String(128), default="")  # what the receiver named it (Bitrix24 CALL_ID)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (Index("ix_webhook_outbox_status_due", "status", "due_at"),)
+    __table_args__ = (
+        Index("ix_webhook_outbox_status_due", "status", "due_at"),
+        Index("ix_webhook_outbox_line", "endpoint", "request_id", "status", "id"),  # head of each line
+    )

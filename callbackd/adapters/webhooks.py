@@ -282,7 +282,10 @@ class Dispatcher:
         """Claim and send one round of heads of line; returns how many were tried."""
         rows = await self._claim()
         if rows:
-            await asyncio.gather(*(self._deliver(r) for r in rows))
+            outcomes = await asyncio.gather(*(self._send(r) for r in rows))
+            async with self._session() as s, s.begin():  # one commit per round, not per event
+                for row, values in zip(rows, outcomes, strict=True):
+                    await s.execute(update(m.OutboxEvent).where(m.OutboxEvent.id == row.id).values(**values))
         return len(rows)
 
     async def _claim(self) -> list[m.OutboxEvent]:
@@ -318,7 +321,8 @@ class Dispatcher:
                     claimed.append(row)
         return claimed
 
-    async def _deliver(self, row: m.OutboxEvent) -> None:
+    async def _send(self, row: m.OutboxEvent) -> dict[str, Any]:
+        """Send one event; returns the row's new values (written by the caller with the round's others)."""
         endpoint = self._by_name[row.endpoint]
         try:
             if endpoint.kind == "bitrix24":
@@ -327,27 +331,15 @@ class Dispatcher:
                 await self._post(endpoint, row)
                 ref = None
         except (Rejected, httpx.HTTPError) as exc:
-            await self._failed(row, _one_line(exc))
-            return
-        async with self._session() as s, s.begin():
-            await s.execute(
-                update(m.OutboxEvent)
-                .where(m.OutboxEvent.id == row.id)
-                .values(status="delivered", delivered_at=self.clock(), tries=row.tries + 1, ref=ref or "")
-            )
+            return self._failed(row, _one_line(exc))
         self.delivered += 1
         log.debug("webhooks.delivered", endpoint=row.endpoint, event_id=row.id, kind=row.event)
+        return {"status": "delivered", "delivered_at": self.clock(), "tries": row.tries + 1, "ref": ref or ""}
 
-    async def _failed(self, row: m.OutboxEvent, why: str) -> None:
+    def _failed(self, row: m.OutboxEvent, why: str) -> dict[str, Any]:
         tries = row.tries + 1
         dead = tries >= self.policy.max_tries
         due = self.clock() + timedelta(seconds=self.policy.delay(tries))
-        async with self._session() as s, s.begin():
-            await s.execute(
-                update(m.OutboxEvent)
-                .where(m.OutboxEvent.id == row.id)
-                .values(status="dead" if dead else "pending", tries=tries, due_at=due, last_error=why[:300])
-            )
         self.failed += 1
         log.info(
             "webhooks.dead" if dead else "webhooks.retry",
@@ -356,6 +348,12 @@ class Dispatcher:
             tries=tries,
             error=why,
         )
+        return {
+            "status": "dead" if dead else "pending",
+            "tries": tries,
+            "due_at": due,
+            "last_error": why[:300],
+        }
 
     async def _post(self, endpoint: Endpoint, row: m.OutboxEvent) -> None:
         body = json.dumps({"delivery": row.id, **row.payload}, ensure_ascii=False, separators=(",", ":"))

@@ -48,6 +48,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_webhook_outbox_request_id", "webhook_outbox", ["request_id"])
     op.create_index("ix_webhook_outbox_status_due", "webhook_outbox", ["status", "due_at"])
+    op.create_index("ix_webhook_outbox_line", "webhook_outbox", ["endpoint", "request_id", "status", "id"])
 
 
 def downgrade() -> None:
