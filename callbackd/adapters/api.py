@@ -259,7 +259,11 @@ def router(
     async def schedule(
         request_id: RequestId, body: ScheduleIn, token: Annotated[Token, Depends(admin)]
     ) -> Any:
-        return await change(request_id, RequestEvent.SCHEDULE, token, body.at.astimezone(UTC))
+        try:
+            at = body.at.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00+01:00: before the first UTC datetime
+            raise HTTPException(422, "body.at: out of range") from None
+        return await change(request_id, RequestEvent.SCHEDULE, token, at)
 
     @r.get(
         "/reports",

@@ -117,6 +117,9 @@ async def test_cancel_retry_and_schedule_go_through_the_state_table_and_the_audi
     )
     assert naive.status_code == 422 and naive.json()["detail"].startswith("body.at:")  # one line, no list
     assert (await client.post("/v1/requests/424242/retry", headers=auth(ADMIN))).status_code == 404
+    for edge in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:00-05:00"):  # no UTC time for these
+        r = await client.post(f"/v1/requests/{rid}/schedule", json={"at": edge}, headers=auth(ADMIN))
+        assert r.status_code == 422, edge
 
     audit = (await client.get(f"/v1/requests/{rid}", headers=auth(READ))).json()["audit"]
     assert [(e["actor"], e["action"], e["detail"]["from"], e["detail"]["to"]) for e in audit] == [

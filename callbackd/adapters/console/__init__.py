@@ -359,9 +359,9 @@ def router(
             elif action == "schedule":
                 try:
                     local = datetime.strptime(form.get("at", ""), "%Y-%m-%dT%H:%M")
-                except ValueError:
+                    at = local.replace(tzinfo=settings().tz).astimezone(UTC)
+                except (ValueError, OverflowError):
                     raise HTTPException(422, "at: use the date and time picker") from None
-                at = local.replace(tzinfo=settings().tz).astimezone(UTC)
                 await store.admin_event(request_id, RequestEvent.SCHEDULE, now, at=at, actor=s.account.actor)
                 wake()
             elif action in ("note", "disposition"):
