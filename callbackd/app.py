@@ -55,6 +55,7 @@ from callbackd.domain.limits import AbuseGuard, AbuseLimits
 from callbackd.domain.operators import OperatorPool
 from callbackd.domain.pbx import UnsupportedAsterisk, check_asterisk
 from callbackd.domain.phone import NumberRules, mask, parse_caller_id
+from callbackd.domain.states import RequestStatus
 
 log = structlog.get_logger("callbackd")
 
@@ -142,7 +143,7 @@ class Daemon:
         self.state = "starting"  # running, draining, stopped: shown by `callbackd status`
         self.started_at = utcnow()
         self.reloaded_at: datetime | None = None
-        self.metrics = Metrics(self._live)
+        self.metrics = Metrics(self._live, version=VERSION)
         self._status_error: str | None = None
         self._agi: Any = None
         self._mqtt: Any = None
@@ -180,6 +181,14 @@ class Daemon:
                 schedule=self.cfg.schedule_rules(),
                 claim_lease=CLAIM_LEASE,
             )
+            if self.cfg.webhooks.endpoints:
+                from callbackd.adapters import webhooks
+
+                endpoints, policy = webhooks.from_config(self.cfg)
+                self.store.outbox = webhooks.Outbox(endpoints, policy)
+                dispatcher = webhooks.Dispatcher(engine, tuple(endpoints), policy)
+                dispatcher.start()
+                stack.push_async_callback(dispatcher.stop)  # after the dialer's drain: its events go too
             a = self.cfg.ami
             self.ami = AmiClient(
                 host=a.host,
@@ -401,12 +410,41 @@ class Daemon:
     async def _start_lead_intake(self, stack: AsyncExitStack) -> None:
         """Web forms over HTTP and MQTT; pushed last, so they stop taking input first on exit."""
         if self.cfg.http.enabled:
+            from callbackd.adapters import api
             from callbackd.adapters.http import HttpServer, build_app
             from callbackd.adapters.metrics import router
+            from callbackd.adapters.reports import ReportSettings
+            from callbackd.adapters.tokens import Tokens
 
+            tokens = Tokens.from_config(self.cfg)
             routers = [router(self.metrics, self.store)] if self.cfg.http.metrics else []
+            routers.append(
+                api.router(
+                    self.store,
+                    tokens,
+                    db_url=self.cfg.database.url,
+                    settings=lambda: ReportSettings.from_config(self.cfg),
+                    wake=self.dialer.wake.set,
+                )
+            )
             # A function, not the rules: a reload replaces self.rules.
-            app = build_app(self.submit, self.cfg.http_token(), lambda: self.rules, extra_routers=routers)
+            app = build_app(
+                self.submit, self.cfg.http_token(), lambda: self.rules, extra_routers=routers, tokens=tokens
+            )
+            if self.cfg.console.enabled:
+                from callbackd.adapters import console
+
+                pages = console.router(
+                    self.store,
+                    console.auth_from_config(self.cfg),
+                    db_url=self.cfg.database.url,
+                    settings=lambda: ReportSettings.from_config(self.cfg),
+                    live=lambda: console.live_view(self),
+                    default_language=self.cfg.console.language,
+                    wake=self.dialer.wake.set,
+                    intake=console.submitter(self.submit),
+                )
+                console.install(app, pages)
             server = HttpServer(app, self.cfg.http.host, self.cfg.http.port)
             await server.start()
             stack.push_async_callback(server.stop)
@@ -456,6 +494,7 @@ class Daemon:
             except InvalidNumber:
                 number = None
             await self.store.record_call(item.call, str(number) if number else None)
+            self.metrics.call_recorded(item.call.missed.value if item.call.missed else None)
 
     async def submit(self, contact: Contact) -> ContactResult:
         """Every source ends here: decide, apply the abuse limits, store once, wake the dialer."""
@@ -515,6 +554,7 @@ class Daemon:
         if number is None:
             return
         closed = await self.store.recover(str(number), at, how)
+        self.metrics.recovered_by(how, len(closed))
         if closed:
             log.info("request.recovered", request_ids=closed, number=self._num(str(number)), how=how)
 
@@ -647,7 +687,8 @@ class Daemon:
         self.metrics.attempt_started(req.id, req.created_at, utcnow(), first)
 
     def _attempt_finished(self, run: Run, done: Finished) -> None:
-        self.metrics.attempt_finished(done.outcome.value)
+        reached = done.request_status == RequestStatus.REACHED
+        self.metrics.attempt_finished(done.outcome.value, reached=reached)
 
 
 async def _close_server(server: asyncio.Server) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import io
 import json
 import os
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from callbackd import config as config_mod
 from callbackd.config import Config, ConfigError
@@ -72,6 +73,10 @@ async def _with_store(cfg: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
             schedule=cfg.schedule_rules(),
             claim_lease=CLAIM_LEASE,
         )
+        if cfg.webhooks.endpoints:  # changes made here reach the CRM too: the daemon sends the outbox
+            from callbackd.adapters import webhooks
+
+            store.outbox = webhooks.Outbox(webhooks.from_config(cfg)[0])
         return await fn(store)
     finally:
         await engine.dispose()
@@ -238,7 +243,7 @@ def cmd_requests(args: argparse.Namespace) -> int:
             return 0
         event = RequestEvent.CANCEL if args.action == "cancel" else RequestEvent.RETRY_NOW
         try:
-            req = await store.admin_event(args.id, event, now)
+            req = await store.admin_event(args.id, event, now, actor=f"cli:{getpass.getuser()}")
         except IllegalTransition as exc:
             print(f"request {args.id}: {exc}", file=sys.stderr)
             return 1
@@ -289,13 +294,17 @@ def _csv_options(args: argparse.Namespace, base: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[TextIO]:
-    """Standard output as UTF-8 whatever the locale, or a file replaced atomically."""
-    from callbackd.adapters.reports import atomic_text
+def _output(path: str | None, *, binary: bool = False) -> Iterator[Any]:
+    """Standard output as UTF-8 whatever the locale (bytes when *binary*), or a file replaced atomically."""
+    from callbackd.adapters.files import atomic_write
 
     if path and path != "-":
-        with atomic_text(Path(path)) as f:
+        with atomic_write(Path(path), binary=binary) as f:
             yield f
+        return
+    if binary:  # a terminal was refused before (_binary_target)
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
         return
     out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
     try:
@@ -303,6 +312,15 @@ def _output(path: str | None) -> Iterator[TextIO]:
     finally:
         out.flush()
         out.detach()
+
+
+def _settings(args: argparse.Namespace, cfg: Config) -> Any:
+    from dataclasses import replace
+
+    from callbackd.adapters import reports
+
+    settings = reports.ReportSettings.from_config(cfg)
+    return replace(settings, language=args.lang) if args.lang else settings
 
 
 def _run_db(go: Callable[[], Awaitable[int]]) -> int:
@@ -379,9 +397,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from callbackd.domain.metrics import Grouping
 
     cfg = _load(args)
-    settings = reports.ReportSettings.from_config(cfg)
+    settings = _settings(args, cfg)
     try:
         start, end = _bounds(args, settings.tz)
+        _binary_target(args)
+        if args.recovery and args.format == "xlsx":
+            raise ValueError("--recovery writes table, csv or json")
     except ValueError as exc:
         print(f"callbackd report: {exc}", file=sys.stderr)
         return 2
@@ -403,11 +424,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                 )
         finally:
             await engine.dispose()
-        with _output(args.output) as out:
+        with _output(args.output, binary=args.format in reports.BINARY_FORMATS) as out:
             if args.recovery:
                 reports.write_recovery(recovery, out, args.format, options, settings.tz)
             else:
-                reports.write_report(report, out, args.format, options, settings.tz)
+                reports.write_report(report, out, args.format, settings, options)
         return 0
 
     return _run_db(go)
@@ -417,9 +438,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from callbackd.adapters import db, reports
 
     cfg = _load(args)
-    settings = reports.ReportSettings.from_config(cfg)
+    settings = _settings(args, cfg)
     try:
         start, end = _bounds(args, settings.tz)
+        _binary_target(args)
     except ValueError as exc:
         print(f"callbackd export: {exc}", file=sys.stderr)
         return 2
@@ -428,8 +450,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     async def go() -> int:
         engine = db.make_engine(cfg.database.url)
         try:
-            with _output(args.output) as out:
-                n = await reports.export(engine, args.what, start, end, out, options, settings.tz)
+            with _output(args.output, binary=args.format in reports.BINARY_FORMATS) as out:
+                n = await reports.export(
+                    engine, args.what, start, end, out, settings, options, fmt=args.format
+                )
         finally:
             await engine.dispose()
         if args.output and args.output != "-":
@@ -471,6 +495,80 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return _run_db(go)
 
 
+def _binary_target(args: argparse.Namespace) -> None:
+    """Refuse a spreadsheet bound for a terminal before any work is done."""
+    if args.format == "xlsx" and (not args.output or args.output == "-") and sys.stdout.isatty():
+        raise ValueError("a spreadsheet is binary: give --output FILE or redirect standard output")
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """The webhook outbox: what is pending, delivered or dead; send dead events again."""
+    from callbackd.adapters import db, webhooks
+
+    cfg = _load(args)
+
+    async def go() -> int:
+        engine = db.make_engine(cfg.database.url)
+        try:
+            if args.action == "retry":
+                if not args.ids and not args.dead:
+                    print("callbackd webhooks retry: give event ids or --dead", file=sys.stderr)
+                    return 2
+                n = await webhooks.retry(engine, args.ids, all_dead=args.dead, now=datetime.now(UTC))
+                print(f"{n} event(s) due again; the daemon sends them within webhooks.poll_interval")
+                return 0
+            rows = await webhooks.list_events(engine, args.status, args.limit)
+        finally:
+            await engine.dispose()
+        if args.json:
+            out = [
+                {
+                    "id": r.id,
+                    "endpoint": r.endpoint,
+                    "event": r.event,
+                    "request_id": r.request_id,
+                    "status": r.status,
+                    "tries": r.tries,
+                    "due_at": _iso(r.due_at),
+                    "delivered_at": _iso(r.delivered_at),
+                    "last_error": r.last_error,
+                }
+                for r in rows
+            ]
+            print(json.dumps(out, indent=2))
+            return 0
+        head = f"{'ID':>7}  {'STATUS':<9} {'ENDPOINT':<12} {'EVENT':<16} {'REQUEST':>7} {'TRIES':>5}"
+        print(head + "  LAST ERROR")
+        for r in rows:
+            print(
+                f"{r.id:>7}  {r.status:<9} {r.endpoint[:12]:<12} {r.event:<16} {r.request_id or '-':>7} "
+                f"{r.tries:>5}  {r.last_error}"
+            )
+        return 0
+
+    return _run_db(go)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """``console hash-password``: the argon2 hash for ``password_hash``, from a prompt or stdin."""
+    import getpass as gp
+
+    from callbackd.adapters.console.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = gp.getpass("password: ")
+        if gp.getpass("again: ") != password:
+            print("callbackd console: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("callbackd console: use at least 8 characters", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def _period_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="start", required=True, metavar="DATE", help="YYYY-MM-DD or ISO datetime")
     p.add_argument("--to", dest="end", metavar="DATE", help="exclusive end (default: now)")
@@ -478,6 +576,7 @@ def _period_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bom", action="store_true", help="start CSV with a UTF-8 byte order mark")
     p.add_argument("--delimiter", choices=[",", ";", "tab"], metavar="CHAR", help="CSV: ',' ';' or 'tab'")
     p.add_argument("--excel-ru", action="store_true", help="CSV for Russian Excel: BOM, ';', decimal ','")
+    p.add_argument("--lang", choices=["en", "ru"], help="xlsx headers (default: reports.language)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -533,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="abandon rate, service level and callback figures for a period")
     _period_arguments(rp)
     rp.add_argument("--by", choices=["day", "hour", "queue", "operator", "source"])
-    rp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rp.add_argument("--format", choices=["table", "csv", "json", "xlsx"], default="table")
     rp.add_argument(
         "--recovery",
         action="store_true",
@@ -562,10 +661,27 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--format", choices=["table", "json"], default="table")
     sm.add_argument("--output", "-o", metavar="FILE", help="write FILE (replaced atomically), not stdout")
     sm.set_defaults(func=cmd_simulate)
-    ex = sub.add_parser("export", help="CSV, one row per stored call, request or attempt")
+    ex = sub.add_parser("export", help="CSV or xlsx, one row per stored call, request or attempt")
     ex.add_argument("what", choices=["calls", "requests", "attempts"])
     _period_arguments(ex)
+    ex.add_argument("--format", choices=["csv", "xlsx"], default="csv")
     ex.set_defaults(func=cmd_export)
+
+    wh = sub.add_parser("webhooks", help="the webhook outbox: list events, send dead ones again")
+    whs = wh.add_subparsers(dest="action", required=True)
+    wl = whs.add_parser("list")
+    wl.add_argument("--status", choices=["pending", "delivered", "dead"])
+    wl.add_argument("--limit", type=int, default=100)
+    wl.add_argument("--json", action="store_true")
+    wr = whs.add_parser("retry")
+    wr.add_argument("ids", type=int, nargs="*", metavar="ID")
+    wr.add_argument("--dead", action="store_true", help="every dead event")
+    wh.set_defaults(func=cmd_webhooks)
+
+    co = sub.add_parser("console", help="web console accounts")
+    cos = co.add_subparsers(dest="action", required=True)
+    cos.add_parser("hash-password", help="print the argon2 hash of a password read from the prompt or stdin")
+    co.set_defaults(func=cmd_console)
     return p
 
 

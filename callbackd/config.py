@@ -479,7 +479,7 @@ class ScheduledReportConfig(_Section):
     what: Literal["report", "calls", "requests", "attempts"] = "report"
     period: str = "yesterday"
     by: Literal["day", "hour", "queue", "operator", "source"] = "day"
-    format: Literal["csv", "json", "table"] = "csv"
+    format: Literal["csv", "json", "table", "xlsx"] = "csv"
     directory: Path = Path("/var/lib/callbackd/reports")
 
     @field_validator("cron")
@@ -504,8 +504,8 @@ class ScheduledReportConfig(_Section):
 
     @model_validator(mode="after")
     def _exports_are_csv(self) -> ScheduledReportConfig:
-        if self.what != "report" and self.format != "csv":
-            raise ValueError(f'{self.what} exports are CSV only; drop format or set it to "csv"')
+        if self.what != "report" and self.format not in ("csv", "xlsx"):
+            raise ValueError(f'{self.what} exports are CSV or xlsx only; drop format or set it to "csv"')
         return self
 
 
@@ -516,6 +516,7 @@ class ReportsConfig(_Section):
     csv_bom: bool = False
     csv_delimiter: Literal[",", ";", "\t"] = ","
     csv_decimal: Literal[".", ","] = "."
+    language: Literal["en", "ru"] = "en"  # spreadsheet headers and sheet names
     schedule: list[ScheduledReportConfig] = []
 
     @field_validator("timezone")
@@ -560,6 +561,202 @@ class RetentionConfig(_Section):
         return list(dict.fromkeys([*self.directories, *(job.directory for job in reports.schedule)]))
 
 
+API_SCOPES = ("intake", "read", "admin")
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class ApiTokenConfig(_Section):
+    """One ``[[api.tokens]]`` entry: a bearer token for a CRM or a script, and what it may do.
+
+    Scopes: intake (POST /v1/callbacks), read (requests and report figures), admin (cancel,
+    retry, schedule; implies read).
+    """
+
+    name: str
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    scopes: list[Literal["intake", "read", "admin"]] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOKEN_NAME.match(v):
+            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < _MIN_TOKEN:
+            raise ValueError(f"use at least {_MIN_TOKEN} characters, e.g. from: openssl rand -hex 24")
+        return v
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiTokenConfig:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("set exactly one of token and token_file")
+        return self
+
+    def secret(self) -> str:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        assert self.token_file is not None
+        value = self.token_file.read_text().strip()
+        if len(value) < _MIN_TOKEN:
+            raise ConfigError(f"api.tokens {self.name}: the token in {self.token_file} is too short")
+        return value
+
+
+class ApiConfig(_Section):
+    """The HTTP API beyond lead intake, served on the [http] listener."""
+
+    tokens: list[ApiTokenConfig] = []
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique(cls, v: list[ApiTokenConfig]) -> list[ApiTokenConfig]:
+        names = [t.name for t in v]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must differ (they name the actor in the audit log)")
+        return v
+
+
+WEBHOOK_EVENTS = (
+    "request.created",
+    "request.merged",
+    "attempt.started",
+    "attempt.outcome",
+    "request.reached",
+    "request.closed",
+)
+WebhookEvent = Literal[
+    "request.created",
+    "request.merged",
+    "attempt.started",
+    "attempt.outcome",
+    "request.reached",
+    "request.closed",
+]
+
+
+class WebhookEndpointConfig(_Section):
+    """One ``[[webhooks.endpoints]]`` entry: where events go, signed with its secret.
+
+    ``kind = "bitrix24"``: *url* is a Bitrix24 incoming webhook (``https://PORTAL/rest/USER/KEY/``);
+    the missed call is registered and finished through telephony.externalcall.*, and the key in
+    the URL authenticates, so no secret is needed.
+    """
+
+    name: str
+    url: str
+    kind: Literal["generic", "bitrix24"] = "generic"
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    events: list[WebhookEvent] = list(WEBHOOK_EVENTS)
+    bitrix_user_id: int = Field(1, ge=1)  # the Bitrix24 user the calls are shown to
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOKEN_NAME.match(v):
+            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("use an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _signed(self) -> WebhookEndpointConfig:
+        if self.kind == "generic" and (self.secret is None) == (self.secret_file is None):
+            raise ValueError("set exactly one of secret and secret_file (the HMAC key)")
+        if self.secret is not None and len(self.secret.get_secret_value()) < _MIN_TOKEN:
+            raise ValueError(f"secret: use at least {_MIN_TOKEN} characters")
+        return self
+
+    def secret_value(self) -> str:
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self.secret_file is not None:
+            return self.secret_file.read_text().strip()
+        return ""
+
+
+class WebhooksConfig(_Section):
+    """Events to CRMs through a database outbox: kept across restarts, retried with backoff."""
+
+    endpoints: list[WebhookEndpointConfig] = []
+    timeout: Duration = Field(timedelta(seconds=10), gt=timedelta(0))
+    backoff_min: Duration = Field(timedelta(seconds=10), gt=timedelta(0))
+    backoff_max: Duration = Field(timedelta(hours=1), gt=timedelta(0))
+    max_tries: int = Field(30, ge=1)  # then the event goes to the dead-letter list
+    poll_interval: Duration = Field(timedelta(seconds=1), gt=timedelta(0))
+    concurrency: int = Field(8, ge=1, le=64)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique(cls, v: list[WebhookEndpointConfig]) -> list[WebhookEndpointConfig]:
+        names = [e.name for e in v]
+        if len(set(names)) != len(names):
+            raise ValueError("endpoint names must differ (the outbox is kept per name)")
+        return v
+
+
+class ConsoleAccountConfig(_Section):
+    """One ``[[console.accounts]]`` entry; make the hash with ``callbackd console hash-password``."""
+
+    name: str
+    password_hash: str = ""  # empty: only through the trusted proxy header
+    role: Literal["viewer", "operator", "admin"] = "viewer"
+    language: Literal["en", "ru"] | None = None  # default: console.language
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _TOKEN_NAME.match(v):
+            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        if v and not v.startswith("$argon2"):
+            raise ValueError("not an argon2 hash: make one with callbackd console hash-password")
+        return v
+
+
+class ConsoleConfig(_Section):
+    """The web console on the [http] listener, at /console/."""
+
+    enabled: bool = False
+    language: Literal["en", "ru"] = "en"
+    accounts: list[ConsoleAccountConfig] = []
+    session_ttl: Duration = Field(timedelta(hours=12), gt=timedelta(0))
+    session_key_file: Path | None = None  # default: a new key each start (sessions end on restart)
+    secure_cookies: bool = True  # keep on unless the browser reaches the daemon over plain HTTP off loopback
+    trusted_user_header: str | None = None  # e.g. "X-Remote-User", set by your reverse proxy
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]  # the header counts only from these addresses
+    sign_in_attempts: int = Field(5, ge=1)  # failed sign-ins per account per sign_in_window
+    sign_in_window: Duration = Field(timedelta(minutes=5), gt=timedelta(0))
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique(cls, v: list[ConsoleAccountConfig]) -> list[ConsoleAccountConfig]:
+        names = [a.name for a in v]
+        if len(set(names)) != len(names):
+            raise ValueError("account names must differ")
+        return v
+
+    @model_validator(mode="after")
+    def _usable(self) -> ConsoleConfig:
+        if self.enabled and not self.accounts:
+            raise ValueError("enabled without accounts: add [[console.accounts]]")
+        return self
+
+
 class ServiceConfig(_Section):
     """How the daemon reports on itself to ``callbackd status`` and systemd."""
 
@@ -586,6 +783,9 @@ class Config(_Section):
     reports: ReportsConfig = ReportsConfig()
     service: ServiceConfig = ServiceConfig()
     retention: RetentionConfig = RetentionConfig()
+    api: ApiConfig = ApiConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    console: ConsoleConfig = ConsoleConfig()
     node: str = Field(default_factory=lambda: os.uname().nodename)
     # The Asterisk this daemon watches: calls and contacts are unique per PBX, since two servers
     # on one database can raise the same Linkedid. "" means the node name; a standby daemon on
@@ -664,6 +864,12 @@ def _holds_secret(data: dict[str, Any]) -> bool:
         bool(data.get("ami", {}).get("secret"))
         or bool(data.get("http", {}).get("token"))
         or bool(data.get("mqtt", {}).get("password"))
+        or any(t.get("token") for t in data.get("api", {}).get("tokens", []) if isinstance(t, dict))
+        or any(
+            e.get("secret") or e.get("kind") == "bitrix24"  # a Bitrix24 webhook URL holds its key
+            for e in data.get("webhooks", {}).get("endpoints", [])
+            if isinstance(e, dict)
+        )
     )
 
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import structlog
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
 from callbackd.adapters.payloads import (
@@ -30,12 +31,11 @@ from callbackd.adapters.payloads import (
     parse_lead,
     submit_lead,
 )
+from callbackd.adapters.tokens import Token, Tokens
 from callbackd.domain.intake import IntakeRules, Source
 
 log = structlog.get_logger("callbackd.http")
 
-# Module level: annotations are strings here, and FastAPI resolves them in module globals.
-_bearer = HTTPBearer(auto_error=False, description="The token from http.token")
 _STATUS: dict[RefusalKind, int] = {
     "too_large": 413,
     "malformed": 422,
@@ -92,23 +92,38 @@ def build_app(
     *,
     extra_routers: Iterable[APIRouter] = (),
     clock: Callable[[], datetime] = _utcnow,
+    tokens: Tokens | None = None,
 ) -> FastAPI:
     """The intake API. ``submit`` is ``Daemon.submit``; ``rules`` refuse a lead before it is stored.
 
     ``rules`` may be a function returning the rules in force, so a config reload reaches the API.
 
     ``extra_routers`` are mounted as they are: they bring their own authentication.
+    ``tokens`` adds scoped tokens; *token* alone is the intake-only ``http.token``.
+
+    The docs pages (/docs, /redoc) load their scripts from the package, not a CDN, so they
+    work on a PBX with no way out.
     """
     if not token:
         raise ValueError("an empty token would let anyone in")
-    expected = token.encode()
+    if tokens is None:
+        tokens = Tokens([Token("http", token.encode(), frozenset({"intake"}))])
+    authorized = tokens.require("intake")
 
-    def authorized(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-        given = creds.credentials.encode() if creds is not None else b""
-        if not hmac.compare_digest(given, expected):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    app = FastAPIOffline(
+        title="callbackd",
+        version="1",
+        summary="Missed-call and web-lead callbacks",
+        static_url="/docs-assets",
+        favicon_url="/docs-assets/favicon.png",
+    )
 
-    app = FastAPI(title="callbackd", version="1", summary="Missed-call and web-lead callbacks")
+    @app.exception_handler(RequestValidationError)
+    async def one_line(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A bad parameter gets one line, as every other refusal does (documented as Problem)."""
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'not valid')}"}, status_code=422)
 
     @app.post(
         "/v1/callbacks",

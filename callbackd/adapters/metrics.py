@@ -1,7 +1,8 @@
 """Prometheus metrics, served as GET /metrics on the HTTP listener.
 
-The registry is the daemon's own, not prometheus_client's global one: the process
-and platform collectors stay out, and tests can run several daemons in one process.
+The registry is the daemon's own, not prometheus_client's global one, so tests can run
+several daemons in one process; it holds the process collector (CPU, memory, open files:
+in a test with several daemons they share one process's figures) and ``callbackd_build_info``.
 Live figures (AMI, operators, refusals) are read from the daemon at scrape time, and
 requests by status come from the database at most every ``db_refresh`` seconds, so a
 busy scraper cannot load the database.
@@ -11,6 +12,7 @@ The endpoint has no token: the listener binds loopback unless configured otherwi
 
 from __future__ import annotations
 
+import platform
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +28,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -86,7 +89,9 @@ class _LiveCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, live: Callable[[], Live], *, db_refresh: float = 5.0) -> None:
+    def __init__(
+        self, live: Callable[[], Live], *, db_refresh: float = 5.0, version: str = "unknown"
+    ) -> None:
         self.registry = CollectorRegistry()
         self.db_refresh = db_refresh
         self._refreshed = float("-inf")
@@ -118,6 +123,22 @@ class Metrics:
             registry=r,
         )
         r.register(_LiveCollector(live))
+        ProcessCollector(registry=r)
+        build = Gauge(
+            "callbackd_build_info", "The running build (always 1)", ["version", "python"], registry=r
+        )
+        build.labels(version, platform.python_version()).set(1)
+        self.offered = Counter("callbackd_calls_offered", "Inbound calls recorded", registry=r)
+        self.abandoned = Counter(
+            "callbackd_calls_abandoned", "Inbound calls not answered, by why", ["reason"], registry=r
+        )
+        self.recovered = Counter(
+            "callbackd_calls_recovered",
+            "Clients reached after a missed call: by a callback, their own call or an operator's",
+            ["how"],
+            registry=r,
+        )
+        self.recovered.labels("callback")
 
     # -- fed by the daemon -----------------------------------------------------------
 
@@ -142,8 +163,19 @@ class Metrics:
             self._seen.popitem(last=False)
         self.first_attempt.observe(max(0.0, (started_at - created_at).total_seconds()))
 
-    def attempt_finished(self, outcome: str) -> None:
+    def attempt_finished(self, outcome: str, reached: bool = False) -> None:
         self.attempts.labels(outcome).inc()
+        if reached:
+            self.recovered.labels("callback").inc()
+
+    def call_recorded(self, missed_reason: str | None) -> None:
+        self.offered.inc()
+        if missed_reason is not None:
+            self.abandoned.labels(missed_reason).inc()
+
+    def recovered_by(self, how: str, n: int) -> None:
+        if n:
+            self.recovered.labels(how).inc(n)
 
     # -- scraped ---------------------------------------------------------------------
 

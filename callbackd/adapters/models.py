@@ -94,6 +94,7 @@ class Request(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     close_reason: Mapped[str | None] = mapped_column(String(32))
     note: Mapped[str] = mapped_column(Text, default="")
+    disposition: Mapped[str | None] = mapped_column(String(32))  # set by an operator in the console
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     claim_expires: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # IANA zones the client may be in (several when the number cannot tell); empty: unknown.
@@ -165,3 +166,42 @@ class Attempt(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     talk_seconds: Mapped[int | None] = mapped_column(Integer)
     node: Mapped[str] = mapped_column(String(64), default="")
+
+
+class AuditEntry(Base):
+    """Who changed a request by hand, when and how: the console, the API or the command line."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # "user:anna", "token:crm", "cli:root"
+    action: Mapped[str] = mapped_column(String(32))  # cancel, retry_now, schedule, note, disposition, add
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("requests.id"), index=True)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class OutboxEvent(Base):
+    """One webhook delivery to one endpoint, written in the transaction that made the event.
+
+    ``status``: pending (``due_at`` says when to try next), delivered, or dead (gave up;
+    ``callbackd webhooks retry`` makes it pending again).
+    """
+
+    __tablename__ = "webhook_outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(String(300), default="")
+    ref: Mapped[str] = mapped_column(String(128), default="")  # what the receiver named it (Bitrix24 CALL_ID)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_webhook_outbox_status_due", "status", "due_at"),
+        Index("ix_webhook_outbox_line", "endpoint", "request_id", "status", "id"),  # head of each line
+    )

@@ -23,19 +23,20 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from callbackd.adapters import db
-from callbackd.adapters.reports import ReportSettings, atomic_text, build_report, export, write_report
+from callbackd.adapters.files import atomic_write
+from callbackd.adapters.reports import BINARY_FORMATS, ReportSettings, build_report, export, write_report
 from callbackd.domain.metrics import Grouping
 from callbackd.domain.periods import named_period, period_label
 
 log = structlog.get_logger("callbackd.reports")
 
 MISFIRE_GRACE = timedelta(hours=1)
-_EXT = {"csv": "csv", "json": "json", "table": "txt"}
+_EXT = {"csv": "csv", "json": "json", "table": "txt", "xlsx": "xlsx"}
 
 
 def target_path(job: Any, start: datetime, end: datetime, settings: ReportSettings) -> Path:
     """``report-2026-03-01.csv``; a longer period is named by its first and last day."""
-    ext = _EXT[job.format] if job.what == "report" else "csv"
+    ext = _EXT[job.format]
     return Path(job.directory) / f"{job.what}-{period_label(start, end, settings.tz)}.{ext}"
 
 
@@ -43,17 +44,18 @@ async def write_scheduled(url: str, job: Any, settings: ReportSettings, now: dat
     """Write one scheduled file for the period *job.period* as seen at *now*; returns its path."""
     start, end = named_period(job.period, now, settings.tz)
     path = target_path(job, start, end, settings)
+    binary = job.format in BINARY_FORMATS
     engine = db.make_engine(url)
     try:
         if job.what == "report":
             report = await build_report(
                 engine, start, end, by=Grouping(job.by), tz=settings.tz, thresholds=settings.thresholds
             )
-            with atomic_text(path) as out:
-                write_report(report, out, job.format, settings.csv, settings.tz)
+            with atomic_write(path, binary=binary) as out:
+                write_report(report, out, job.format, settings, settings.csv)
         else:
-            with atomic_text(path) as out:
-                await export(engine, job.what, start, end, out, settings.csv, settings.tz)
+            with atomic_write(path, binary=binary) as out:
+                await export(engine, job.what, start, end, out, settings, settings.csv, fmt=job.format)
     finally:
         await engine.dispose()
     return path

@@ -9,14 +9,14 @@ daemon is running at all.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from callbackd.adapters.files import atomic_write
 
 # Exit codes of `callbackd status`, as for LSB init scripts' status action.
 RUNNING = 0
@@ -26,18 +26,9 @@ NOT_RUNNING = 3
 
 def write(path: Path, data: dict[str, Any]) -> None:
     """Replace *path* atomically (mode 0640: it names operators and masked numbers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o640)
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
 
 
 def read(path: Path) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import func, select, update
@@ -124,9 +125,11 @@ class Store:
         self.schedule = schedule
         self.claim_lease = claim_lease
         self._session = sessionmaker(engine)
+        self.outbox: Any = None  # a webhooks.Outbox: writes the events of every flush
 
     def session(self) -> AsyncSession:
-        return self._session()
+        s = self._session()
+        return self.outbox.attach(s) if self.outbox is not None else s
 
     # -- intake ----------------------------------------------------------------------
 
@@ -595,11 +598,23 @@ class Store:
 
     # -- admin -----------------------------------------------------------------------
 
-    async def list_requests(self, status: str | None = None, limit: int = 200) -> list[m.Request]:
+    async def list_requests(
+        self,
+        status: str | None = None,
+        limit: int = 200,
+        *,
+        number: str | None = None,
+        before: int | None = None,
+    ) -> list[m.Request]:
+        """Newest first; *before* (a request id) pages on from the last one seen."""
         async with self.session() as s:
             q = select(m.Request).order_by(m.Request.id.desc()).limit(limit)
             if status:
                 q = q.where(m.Request.status == status)
+            if number:
+                q = q.where(m.Request.number == number)
+            if before is not None:
+                q = q.where(m.Request.id < before)
             return list((await s.execute(q)).scalars())
 
     async def get_request(self, request_id: int) -> tuple[m.Request, list[m.Attempt], list[m.Contact]]:
@@ -619,12 +634,32 @@ class Store:
             ).scalars()
             return req, list(attempts), list(contacts)
 
-    async def admin_event(self, request_id: int, event: RequestEvent, now: datetime) -> m.Request:
+    async def audit_trail(self, request_id: int) -> list[m.AuditEntry]:
+        async with self.session() as s:
+            q = select(m.AuditEntry).where(m.AuditEntry.request_id == request_id).order_by(m.AuditEntry.id)
+            return list((await s.execute(q)).scalars())
+
+    async def admin_event(
+        self,
+        request_id: int,
+        event: RequestEvent,
+        now: datetime,
+        *,
+        at: datetime | None = None,
+        actor: str | None = None,
+    ) -> m.Request:
+        """Cancel, retry now or schedule (*at*) by hand; with an *actor*, written to the audit log too.
+
+        The change and its audit entry share one transaction: neither is stored without the other.
+        """
+        if event is RequestEvent.SCHEDULE and at is None:
+            raise ValueError("a schedule needs a time")
         async with self.session() as s, s.begin():
             req = await s.get(m.Request, request_id, with_for_update=True)
             if req is None:
                 raise NotFound(f"no request {request_id}")
-            if event is RequestEvent.RETRY_NOW and req.status not in OPEN_STATUSES:
+            reopens = event in (RequestEvent.RETRY_NOW, RequestEvent.SCHEDULE)
+            if reopens and req.status not in OPEN_STATUSES:
                 other = (
                     await s.execute(
                         select(m.Request.id).where(
@@ -636,12 +671,38 @@ class Store:
                 ).scalar()
                 if other is not None:
                     raise NumberHasOpenRequest(req.id, req.status, other)
+            before = req.status
             _apply(req, event, now)
             if event is RequestEvent.CANCEL:
                 req.close_reason = "cancelled"
             if event is RequestEvent.RETRY_NOW:
                 req.due_at = now
                 req.close_reason = None
+            if event is RequestEvent.SCHEDULE:
+                req.due_at = req.preferred_at = at
+                req.close_reason = None
+            if actor is not None:
+                detail: dict[str, object] = {"from": before, "to": req.status}
+                if at is not None:
+                    detail["at"] = at.isoformat()
+                s.add(m.AuditEntry(at=now, actor=actor, action=event.value, request_id=req.id, detail=detail))
+            return req
+
+    async def annotate(
+        self, request_id: int, what: str, value: str, now: datetime, *, actor: str
+    ) -> m.Request:
+        """A note (appended, signed) or a disposition (replaced) by hand; audited in the same transaction."""
+        async with self.session() as s, s.begin():
+            req = await s.get(m.Request, request_id, with_for_update=True)
+            if req is None:
+                raise NotFound(f"no request {request_id}")
+            if what == "note":
+                line = f"[{now:%Y-%m-%d %H:%M} {actor}] {value}"
+                req.note = (req.note + "\n" + line).strip()[-4000:]
+            else:
+                req.disposition = value
+            req.updated_at = now
+            s.add(m.AuditEntry(at=now, actor=actor, action=what, request_id=req.id, detail={"value": value}))
             return req
 
     async def counts_by_status(self) -> dict[str, int]:

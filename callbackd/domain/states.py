@@ -35,6 +35,7 @@ class RequestEvent(StrEnum):
     EXPIRE = "expire"
     CANCEL = "cancel"
     RETRY_NOW = "retry_now"  # admin: make it due now
+    SCHEDULE = "schedule"  # admin: call at a chosen time
 
 
 _R = RequestStatus
@@ -47,6 +48,7 @@ REQUEST_TRANSITIONS: dict[tuple[RequestStatus, RequestEvent], RequestStatus] = {
     (_R.OPEN, _E.CANCEL): _R.CANCELLED,
     (_R.OPEN, _E.FAIL): _R.FAILED,
     (_R.OPEN, _E.RETRY_NOW): _R.OPEN,
+    (_R.OPEN, _E.SCHEDULE): _R.OPEN,
     (_R.DIALLING, _E.RETRY_LATER): _R.OPEN,
     (_R.DIALLING, _E.REACH): _R.REACHED,
     (_R.DIALLING, _E.FAIL): _R.FAILED,
@@ -54,10 +56,13 @@ REQUEST_TRANSITIONS: dict[tuple[RequestStatus, RequestEvent], RequestStatus] = {
     (_R.DIALLING, _E.RECOVER): _R.RECOVERED,
     (_R.DIALLING, _E.CANCEL): _R.CANCELLED,
     (_R.DIALLING, _E.EXPIRE): _R.EXPIRED,
-    # A closed request can be reopened by an admin.
+    # A closed request can be reopened by an admin, now or for a chosen time.
     (_R.FAILED, _E.RETRY_NOW): _R.OPEN,
     (_R.EXPIRED, _E.RETRY_NOW): _R.OPEN,
     (_R.CANCELLED, _E.RETRY_NOW): _R.OPEN,
+    (_R.FAILED, _E.SCHEDULE): _R.OPEN,
+    (_R.EXPIRED, _E.SCHEDULE): _R.OPEN,
+    (_R.CANCELLED, _E.SCHEDULE): _R.OPEN,
 }
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from callbackd.adapters import db, reports
 from callbackd.adapters import models as m
+from callbackd.adapters.reports import queries
 from callbackd.domain.analytics import RecoveryRow, TryRow, compute_recovery
 from callbackd.domain.metrics import CallRow, Thresholds, mark_reached_later
 
@@ -139,7 +140,7 @@ async def test_callback_legs_stay_out_of_asa_and_the_offered_calls(engine):
 
 
 async def test_recovery_matches_the_pure_computation(engine, monkeypatch):
-    monkeypatch.setattr(reports, "BATCH", 2)  # requests and their attempts cross batches
+    monkeypatch.setattr(queries, "BATCH", 2)  # requests and their attempts cross batches
     got = await reports.build_recovery(engine, START, END, thresholds=Thresholds())
     calls = mark_reached_later(
         [

@@ -24,7 +24,8 @@ import io
 import json
 import os
 import stat
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -35,7 +36,15 @@ from apscheduler.triggers.cron import CronTrigger
 from callbackd import cli
 from callbackd.adapters import db, reports
 from callbackd.adapters import models as m
-from callbackd.adapters.reports import CsvOptions, CsvWriter, atomic_text, build_report, export
+from callbackd.adapters.reports import (
+    CsvOptions,
+    CsvWriter,
+    ReportSettings,
+    atomic_text,
+    build_report,
+    csv_out,
+    queries,
+)
 from callbackd.adapters.scheduled import ReportScheduler
 from callbackd.config import Config
 from callbackd.domain.metrics import (
@@ -245,7 +254,7 @@ async def test_a_request_recovered_by_an_operators_call_is_not_lost(engine):
 
 @pytest.mark.parametrize("by", [None, *Grouping])
 async def test_every_grouping_matches_the_pure_computation(engine, by, monkeypatch):
-    monkeypatch.setattr(reports, "BATCH", 3)  # requests and their attempts cross batch boundaries
+    monkeypatch.setattr(queries, "BATCH", 3)  # requests and their attempts cross batch boundaries
     got = await build_report(engine, START, END, by=by, tz=MSK, thresholds=Thresholds())
     want = reference(by)
     assert got.rows == want.rows
@@ -300,12 +309,18 @@ async def test_reached_later_in_sql_matches_the_definition(engine, closed):
     assert [got[t].reached_later for t in lost_calls[:2]] == ([True, True] if closed else [False, False])
 
 
+async def export(engine, what, start, end, out, options, tz):
+    """The CSV export as the command line runs it."""
+    settings = ReportSettings(tz=tz, thresholds=Thresholds(), csv=options)
+    return await reports.export(engine, what, start, end, out, settings, options)
+
+
 def parse(text: str, delimiter: str = ",") -> list[list[str]]:
     return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
 async def test_export_streams_every_record_in_the_period(engine, monkeypatch):
-    monkeypatch.setattr(reports, "BATCH", 2)  # several fetches, not one
+    monkeypatch.setattr(queries, "BATCH", 2)  # several fetches, not one
     out = io.StringIO(newline="")
     assert await export(engine, "calls", START, END, out, CsvOptions(), MSK) == 7
     rows = parse(out.getvalue())
@@ -474,6 +489,15 @@ async def test_scheduled_report_is_written_atomically(engine, db_url, tmp_path):
     )
     assert path is not None and path.name == "attempts-2026-02-24_2026-03-02.csv"
     assert len(parse(path.read_text(encoding="utf-8"))) == 1 + 4
+    for what in ("report", "calls"):
+        cfg = scheduled_config(db_url, tmp_path / "xlsx", what=what, format="xlsx")
+        cfg = cfg.model_copy(update={"reports": cfg.reports.model_copy(update={"language": "ru"})})
+        path = await ReportScheduler(cfg).fire(
+            cfg.reports.schedule[0], now=datetime(2026, 3, 3, 0, 5, tzinfo=MSK)
+        )
+        assert path is not None and path.name == f"{what}-2026-03-02.xlsx"
+        sheet = read_book(path.read_bytes())["Отчёт" if what == "report" else "Звонки"]
+        assert len(list(sheet.iter_rows())) == (3 if what == "report" else 8)  # header, day, total / 7 calls
 
 
 async def test_a_failing_scheduled_job_is_logged_not_raised(engine, db_url, tmp_path):
@@ -520,7 +544,7 @@ def test_report_config_is_validated(tmp_path):
     text = problems('[[reports.schedule]]\ncron = "5 0 * *"\n')
     assert "reports.schedule.0.cron: Wrong number of fields" in text
     text = problems('[[reports.schedule]]\ncron = "5 0 * * *"\nwhat = "calls"\nformat = "json"\n')
-    assert "reports.schedule.0: calls exports are CSV only" in text
+    assert "reports.schedule.0: calls exports are CSV or xlsx only" in text
     text = problems('[reports]\ntimezone = "Mars/Olympus"\nservice_level = "soon"\n')
     assert "reports.timezone: unknown time zone" in text and "reports.service_level" in text
     assert "csv_delimiter and csv_decimal" in problems('[reports]\ncsv_decimal = ","\n')
@@ -561,9 +585,9 @@ def test_documented_report_settings_are_valid():
 
 def test_column_check_neutralises_exactly_the_cells_a_spreadsheet_would_run():
     clean = ("ok", None, "", "a=b")
-    assert reports._neutralise_column(clean) is clean  # nothing to do: the batch is passed through
+    assert csv_out._neutralise_column(clean) is clean  # nothing to do: the batch is passed through
     mixed = ("ok", "=1+1", None, "note\n=line two", "+12025550100", "-", "plain")
-    assert list(reports._neutralise_column(mixed)) == [
+    assert list(csv_out._neutralise_column(mixed)) == [
         "ok",
         "'=1+1",
         None,
@@ -578,15 +602,181 @@ def test_gc_pause_nests_and_restores_the_collectors_state():
     import gc
 
     assert gc.isenabled()
-    with reports.gc_paused():
-        with reports.gc_paused():  # a second pass (another scheduled job) inside the first
+    with queries.gc_paused():
+        with queries.gc_paused():  # a second pass (another scheduled job) inside the first
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
     gc.disable()
     try:
-        with reports.gc_paused():
+        with queries.gc_paused():
             pass
         assert not gc.isenabled()  # it was off before: left off
     finally:
         gc.enable()
+
+
+# -- spreadsheets ----------------------------------------------------------------------------
+
+
+def read_book(data: bytes):
+    import openpyxl
+
+    return openpyxl.load_workbook(io.BytesIO(data))
+
+
+def by_header(ws) -> list[dict[str, object]]:
+    """Each data row as {header: cell}, cells kept so their types can be checked."""
+    rows = list(ws.iter_rows())
+    header = [c.value for c in rows[0]]
+    return [dict(zip(header, r, strict=True)) for r in rows[1:]]
+
+
+async def test_xlsx_export_has_typed_cells_and_keeps_numbers_as_written(engine):
+    """Times are date-time cells in the report zone; caller IDs, DIDs and Linkedids are text as stored."""
+    evil = '=HYPERLINK("http://x";"y")'
+    async with db.sessionmaker(engine)() as session, session.begin():
+        for lid, num, did, name in (
+            ("1700000000.10", "0049301234567", "0074951234567", evil),
+            ("1700000000.1", "00123", "007", "bell\x07 and\x1b esc"),
+            ("1700000000.100", "+79161234567", "84951234567", "-1"),
+        ):
+            session.add(
+                m.Call(linkedid=lid, caller_num=num, did=did, caller_name=name, number=None,
+                       started_at=T + s(60), ended_at=T + s(90), outcome="missed", hold_time=30)
+            )  # fmt: skip
+    out = io.BytesIO()
+    settings = ReportSettings(tz=MSK, thresholds=Thresholds(), csv=CsvOptions(), language="en")
+    assert await reports.export(engine, "calls", START, END, out, settings, CsvOptions(), fmt="xlsx") == 10
+    book = read_book(out.getvalue())
+    assert book.sheetnames == ["Calls"]
+    rows = by_header(book["Calls"])
+    first = rows[0]
+    assert list(first)[:4] == ["Call ID", "Linkedid", "Caller ID", "Number"]
+    started = first["Started"]
+    assert started.is_date and started.value == datetime(2026, 3, 2, 0, 30)  # Moscow wall clock
+    assert first["Answered"].value == datetime(2026, 3, 2, 0, 30, 9)
+    assert first["Why missed"].value is None
+    assert first["Wait, s"].data_type == "n" and first["Wait, s"].value == 8
+    assert first["Caller name"].value == NAME  # delimiters, quotes, a line break: all kept
+    number = first["Number"]
+    assert number.data_type == "s" and number.value == N2 and number.number_format == "@"
+    lids = {r["Linkedid"].value: r for r in rows}
+    assert {"1700000000.10", "1700000000.1", "1700000000.100"} <= set(lids)  # three calls, not one
+    ten = lids["1700000000.10"]
+    assert ten["Linkedid"].data_type == "s"
+    assert ten["Caller ID"].value == "0049301234567" and ten["DID"].value == "0074951234567"
+    assert ten["Caller name"].value == evil and ten["Caller name"].data_type == "s"  # text, not a formula
+    assert lids["1700000000.1"]["DID"].value == "007"
+    assert lids["1700000000.1"]["Caller name"].value == "bell and esc"  # XML cannot hold them
+    assert (
+        lids["1700000000.100"]["Caller name"].value == "-1"
+        and lids["1700000000.100"]["Caller name"].data_type == "s"
+    )
+    assert not any(
+        isinstance(c.value, str) and c.value.startswith("'") for r in rows for c in r.values()
+    )  # no apostrophes anywhere
+
+
+async def test_xlsx_exports_of_requests_and_attempts_in_russian(engine):
+    settings = ReportSettings(tz=MSK, thresholds=Thresholds(), csv=CsvOptions(), language="ru")
+    out = io.BytesIO()
+    await reports.export(engine, "requests", START, END, out, settings, CsvOptions(), fmt="xlsx")
+    rows = by_header(read_book(out.getvalue())["Заявки"])
+    assert [r["Заявка"].value for r in rows] == [11, 12, 13, 14]
+    r12 = rows[1]
+    assert r12["Источники"].value == "ami,http" and r12["Статус"].value == "recovered"
+    assert r12["Создана"].value == _AT["L3"].astimezone(MSK).replace(tzinfo=None)
+    assert rows[3]["Заметка"].value == "call after 5, ask for =Ann" and rows[3]["Закрыта"].value is None
+    out = io.BytesIO()
+    await reports.export(engine, "attempts", START, END, out, settings, CsvOptions(), fmt="xlsx")
+    rows = by_header(read_book(out.getvalue())["Попытки"])
+    assert [r["ID попытки"].value for r in rows] == ["a1", "a0", "a3", "a2"]
+    assert rows[0]["Засчитана"].value is True and rows[2]["Засчитана"].value is False
+
+
+async def test_xlsx_report_figures_are_numbers_with_formats(engine):
+    report = await build_report(engine, START, END, by=Grouping.QUEUE, tz=MSK, thresholds=Thresholds())
+    settings = ReportSettings(tz=MSK, thresholds=Thresholds(), csv=CsvOptions(), language="en")
+    out = io.BytesIO()
+    reports.write_report(report, out, "xlsx", settings, CsvOptions())
+    book = read_book(out.getvalue())
+    assert book.sheetnames == ["Report", "Period"]
+    rows = by_header(book["Report"])
+    assert [r["Queue"].value for r in rows] == ["sales", "support", None, "Total"]
+    total = rows[-1]
+    car = total["Abandon rate (CAR)"]
+    assert (
+        car.data_type == "n" and car.value == pytest.approx(report.total.car) and car.number_format == "0.0%"
+    )
+    assert total["Offered"].value == 7 and total["Net lost rate"].value == pytest.approx(
+        report.total.net_lost_rate
+    )
+    asa = total["Mean wait to answer (ASA), s"]
+    assert asa.value == pytest.approx(16.5) and asa.number_format == "0.0"
+    period = [[c.value for c in r] for r in book["Period"].iter_rows(min_row=2)]
+    assert period[0] == ["From", datetime(2026, 3, 2, 0, 0)] and period[2] == ["Time zone", "Europe/Moscow"]
+
+    for by, key in ((Grouping.DAY, date(2026, 3, 2)), (Grouping.HOUR, datetime(2026, 3, 2, 0, 0))):
+        report = await build_report(engine, START, END, by=by, tz=MSK, thresholds=Thresholds())
+        out = io.BytesIO()
+        reports.write_report(report, out, "xlsx", replace(settings, language="ru"), CsvOptions())
+        rows = by_header(read_book(out.getvalue())["Отчёт"])
+        first = rows[0]["День" if by is Grouping.DAY else "Час"]
+        assert first.is_date and first.value == (key if by is Grouping.HOUR else datetime(2026, 3, 2))
+        assert rows[0]["Поступило"].value == (7 if by is Grouping.DAY else 1)
+        assert rows[-1]["День" if by is Grouping.DAY else "Час"].value == "Итого"
+
+
+def test_every_export_column_and_figure_has_a_header_in_both_languages():
+    from callbackd.adapters.reports import columns
+    from callbackd.domain.metrics import FIGURE_NAMES
+
+    for language in columns.LANGUAGES:
+        for what in queries.EXPORTS:
+            headers = [columns.export_header(what, c.name, language) for c in queries.export_columns(what)]
+            assert len(set(headers)) == len(headers), (what, language)  # no two columns look alike
+        assert len({columns.figure_header(n, language) for n in FIGURE_NAMES}) == len(FIGURE_NAMES)
+
+
+async def test_cli_writes_spreadsheets(engine, config_file, tmp_path, capsys):
+    c = str(config_file)
+    target = tmp_path / "calls.xlsx"
+    argv = ["-c", c, "export", "calls", "--from", "2026-03-02", "--to", "2026-03-03", "--format", "xlsx"]
+    assert await run_cli(*argv, "--lang", "ru", "--output", str(target)) == 0
+    assert "7 calls written" in capsys.readouterr().err
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    rows = by_header(read_book(target.read_bytes())["Звонки"])
+    assert [r["Linkedid"].value for r in rows] == ["L1", "L2", "L3", "L4", "L5", "L7", "L8"]
+    report = tmp_path / "report.xlsx"
+    argv = [
+        "-c",
+        c,
+        "report",
+        "--from",
+        "2026-03-02",
+        "--to",
+        "2026-03-03",
+        "--by",
+        "day",
+        "--format",
+        "xlsx",
+    ]
+    assert await run_cli(*argv, "-o", str(report)) == 0
+    rows = by_header(read_book(report.read_bytes())["Report"])
+    assert rows[0]["Day"].value == datetime(2026, 3, 2) and rows[0]["Offered"].value == 7
+
+
+def test_atomic_binary_write_and_the_status_file_share_one_helper(tmp_path):
+    from callbackd.adapters import files, status
+
+    target = tmp_path / "r.xlsx"
+    with files.atomic_write(target, binary=True) as f:
+        f.write(b"PK\x03\x04")
+    assert target.read_bytes() == b"PK\x03\x04" and stat.S_IMODE(target.stat().st_mode) == 0o640
+    with pytest.raises(RuntimeError), files.atomic_write(target, binary=True) as f:
+        f.write(b"half")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"PK\x03\x04" and os.listdir(tmp_path) == ["r.xlsx"]
+    status.write(tmp_path / "status.json", {"pid": 1})
+    assert stat.S_IMODE((tmp_path / "status.json").stat().st_mode) == 0o640

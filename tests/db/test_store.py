@@ -213,6 +213,28 @@ async def test_recovery_cancel_and_retry(store, now):
     assert req.status == RequestStatus.OPEN and req.due_at == now
 
 
+async def test_schedule_by_hand_is_audited_in_the_same_transaction(store, now):
+    """On SQLite and PostgreSQL: the change and its audit entry are stored together, or neither."""
+    from callbackd.adapters.store import NotFound
+
+    res = await add(store, contact("L1", at=now))
+    at = now + timedelta(days=1)
+    req = await store.admin_event(res.request_id, RequestEvent.SCHEDULE, now, at=at, actor="user:anna")
+    assert req.status == RequestStatus.OPEN and req.due_at == at == req.preferred_at
+    assert await store.claim_due(now, 5) == []  # not due before its time
+    await store.admin_event(res.request_id, RequestEvent.CANCEL, now, actor="token:crm")
+    with pytest.raises(Exception, match="cancel"):  # IllegalTransition: nothing is audited
+        await store.admin_event(res.request_id, RequestEvent.CANCEL, now, actor="token:crm")
+    with pytest.raises(NotFound):
+        await store.admin_event(999_999, RequestEvent.CANCEL, now, actor="token:crm")
+    trail = await store.audit_trail(res.request_id)
+    assert [(e.actor, e.action, e.detail["to"]) for e in trail] == [
+        ("user:anna", "schedule", "open"),
+        ("token:crm", "cancel", "cancelled"),
+    ]
+    assert trail[0].detail["at"] == at.isoformat() and trail[0].at == now
+
+
 async def test_recovered_while_dialling_keeps_recovered(store, now):
     await add(store, contact("L1", at=now))
     req = await _claim_one(store, now)

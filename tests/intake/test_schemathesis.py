@@ -1,6 +1,6 @@
-"""Schemathesis against the OpenAPI the intake serves: the real app behind Daemon.submit and a real
-SQLite store, over a real socket. No answer may be a 5xx or stray from the documented schema,
-and nothing stored may carry a number that is not E.164."""
+"""Schemathesis against the OpenAPI the daemon serves: intake and API v1, the real app behind
+Daemon.submit and a real SQLite store, over a real socket. No answer may be a 5xx or stray from the
+documented schema, and nothing stored may carry a number that is not E.164."""
 
 from __future__ import annotations
 
@@ -18,17 +18,20 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from sqlalchemy import select
 
-from callbackd.adapters import db
+from callbackd.adapters import api, db
 from callbackd.adapters import models as m
 from callbackd.adapters.http import HttpServer, build_app
+from callbackd.adapters.reports import ReportSettings
 from callbackd.adapters.store import Store
+from callbackd.adapters.tokens import Token, Tokens
 from callbackd.app import CLAIM_LEASE, Daemon
 from callbackd.config import Config
 from callbackd.dialer import Dialer
 from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.ladder import Schedule
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+EVERYTHING = "schemathesis-token-0123456789abcdef"  # intake and admin: every route is exercised
+AUTH = {"Authorization": f"Bearer {EVERYTHING}"}
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 UNSAFE_IN_NAMES = set('"<>;&${}\r\n')
 
@@ -53,7 +56,15 @@ class Served:
         schedule = Schedule(calendar=BusinessCalendar.always_open("UTC"))
         d.store = Store(engine, node="st", schedule=schedule, claim_lease=CLAIM_LEASE)
         d.dialer = Dialer(cfg.dialer, d.store, None, d.pool)  # type: ignore[arg-type]  # only woken
-        self.server = HttpServer(build_app(d.submit, TOKEN, d.rules), "127.0.0.1", 0)
+        tokens = Tokens(
+            [
+                Token("http", TOKEN.encode(), frozenset({"intake"})),
+                Token("all", EVERYTHING.encode(), frozenset({"intake", "admin"})),
+            ]
+        )
+        routes = api.router(d.store, tokens, db_url=self.url, settings=ReportSettings.from_config(cfg))
+        app = build_app(d.submit, TOKEN, d.rules, tokens=tokens, extra_routers=[routes])
+        self.server = HttpServer(app, "127.0.0.1", 0)
         await self.server.start()
 
     async def stop(self) -> None:

@@ -22,6 +22,7 @@ from callbackd.adapters.store import Finished, Store
 from callbackd.app import CLAIM_LEASE, Daemon
 from callbackd.config import load
 from callbackd.dialer import Dialer
+from callbackd.domain.detection import CallEnded, CallTrack, MissReason
 from callbackd.domain.intake import Contact, Disposition, Source
 from callbackd.domain.outcomes import Outcome
 
@@ -152,6 +153,15 @@ async def test_metrics_are_served_without_the_token(tmp_path, monkeypatch, enabl
         d._attempt_started(None, req)  # type: ignore[arg-type]
         d._attempt_started(None, req)  # type: ignore[arg-type]  # once per request
         d._attempt_finished(None, Finished(1, "open", Outcome.CLIENT_BUSY, True, None, None))  # type: ignore[arg-type]
+        d._attempt_finished(None, Finished(2, "reached", Outcome.ANSWERED, True, None, None))  # type: ignore[arg-type]
+        now = datetime.now(UTC)
+        for i, missed in enumerate([None, MissReason.QUEUE_ABANDON, MissReason.QUEUE_ABANDON]):
+            call = CallTrack(
+                f"17000.{i}", "2025550109", "", "", "from-pstn", now, ended_at=now, missed=missed
+            )
+            await d._handle(CallEnded(call))
+        await d.submit(contact("+12025550105"))
+        await d._self_recovery("+12025550105", now, "client_called_in")  # closes that request
         async with AsyncExitStack() as stack:
             await d._start_lead_intake(stack)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -170,10 +180,17 @@ async def test_metrics_are_served_without_the_token(tmp_path, monkeypatch, enabl
             key, _, value = line.rpartition(" ")
             samples[key] = float(value)
     assert samples['callbackd_requests{status="open"}'] == 1
+    assert samples["callbackd_calls_offered_total"] == 3
+    assert samples['callbackd_calls_abandoned_total{reason="queue_abandon"}'] == 2
+    assert samples['callbackd_calls_recovered_total{how="callback"}'] == 1
+    assert samples['callbackd_calls_recovered_total{how="client_called_in"}'] == 1
+    [build] = [k for k in samples if k.startswith("callbackd_build_info{")]
+    assert 'version="' in build and samples[build] == 1
+    assert samples["process_resident_memory_bytes"] > 0 and samples["process_cpu_seconds_total"] > 0
     assert samples['callbackd_requests{status="reached"}'] == 0
     assert samples["callbackd_next_due_timestamp_seconds"] > 0
     assert samples['callbackd_attempts_total{outcome="client_busy"}'] == 1
-    assert samples['callbackd_attempts_total{outcome="answered"}'] == 0
+    assert samples['callbackd_attempts_total{outcome="answered"}'] == 1  # the reached one
     assert samples['callbackd_refusals_total{reason="blacklisted"}'] == 1
     assert samples["callbackd_ami_connected"] == 0
     assert samples["callbackd_ami_reconnects_total"] == 0
@@ -183,5 +200,5 @@ async def test_metrics_are_served_without_the_token(tmp_path, monkeypatch, enabl
     assert 42 <= samples["callbackd_time_to_first_attempt_seconds_sum"] < 45
     assert samples['callbackd_time_to_first_attempt_seconds_bucket{le="60.0"}'] == 1
     assert samples['callbackd_time_to_first_attempt_seconds_bucket{le="30.0"}'] == 0
-    # Only our registry: no process or platform collectors.
-    assert not any(k.startswith(("process_", "python_")) for k in samples)
+    # Our registry: the process collector, but not prometheus_client's global platform one.
+    assert not any(k.startswith("python_") for k in samples)

@@ -23,6 +23,7 @@ from callbackd.domain.states import (
 R = RequestStatus
 E = RequestEvent
 ABSORBING = frozenset({R.REACHED, R.RECOVERED})
+ADMIN_REOPEN = frozenset({E.RETRY_NOW, E.SCHEDULE})  # an admin's call now or at a chosen time
 
 
 class RequestLifecycle(RuleBasedStateMachine):
@@ -76,9 +77,9 @@ class RequestLifecycle(RuleBasedStateMachine):
 
     # -- everything else -------------------------------------------------------------
 
-    @rule(event=st.sampled_from([E.RECOVER, E.EXPIRE, E.CANCEL, E.RETRY_NOW]))
+    @rule(event=st.sampled_from([E.RECOVER, E.EXPIRE, E.CANCEL, E.RETRY_NOW, E.SCHEDULE]))
     def outside(self, event: E) -> None:
-        if self._send(event) and event is E.RETRY_NOW:
+        if self._send(event) and event in ADMIN_REOPEN:
             self.admin_retries += 1
 
     @rule(event=st.sampled_from(E))
@@ -89,7 +90,7 @@ class RequestLifecycle(RuleBasedStateMachine):
             if (self.status, event) not in REQUEST_TRANSITIONS:
                 self._send(event)
             return
-        if self._send(event) and event is E.RETRY_NOW:
+        if self._send(event) and event in ADMIN_REOPEN:
             self.admin_retries += 1
 
     # -- invariants ------------------------------------------------------------------
@@ -111,7 +112,7 @@ class RequestLifecycle(RuleBasedStateMachine):
 
     @invariant()
     def attempts_stay_within_the_ladder(self) -> None:
-        # Only an admin's retry can grant a try beyond the ladder, one per retry.
+        # Only an admin's retry or schedule can grant a try beyond the ladder, one each.
         assert self.attempts <= self.max_attempts + self.admin_retries
 
     @invariant()

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""The console's pages and the webhook dispatcher on a large database.
+
+N calls over 30 days (bench_reports.generate) plus M open requests, on SQLite. The console
+is the real FastAPI app, called in process over ASGI (no socket: the figure is the server's
+time); each page is fetched R times and min/median/max printed. Then 1,000 webhook events
+are delivered to a local HTTP receiver and the rate is printed.
+
+    python bench/bench_console.py [--calls 1000000] [--open 100000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_reports
+from bench_reports import OUT, generate, ts
+
+_insert = bench_reports.insert
+
+
+def _insert_with_pbx(con, table, columns, rows, **fixed):  # type: ignore[no-untyped-def]
+    """bench_reports predates calls.pbx and contacts.pbx (NOT NULL): give them one PBX."""
+    if table in ("calls", "contacts"):
+        fixed.setdefault("pbx", "bench")
+    _insert(con, table, columns, rows, **fixed)
+
+
+bench_reports.insert = _insert_with_pbx
+
+
+def add_open(path: Path, n: int) -> None:
+    """n open requests with their own numbers, due over the next week."""
+    con = sqlite3.connect(path)
+    start = con.execute("SELECT coalesce(max(id), 0) FROM requests").fetchone()[0] + 1
+    now = datetime.now(UTC)
+    rows = [
+        (start + i, f"+1303{i:07d}", "queue_abandon", '["ami"]', "open", ts(now), ts(now),
+         ts(now + timedelta(seconds=i * 6)), 0, "", 1, 0, "")
+        for i in range(n)
+    ]  # fmt: skip
+    with con:
+        con.executemany(
+            "INSERT INTO requests (id, number, reason, sources, status, created_at, updated_at, due_at,"
+            " attempts_made, name, contact_count, operator_tries, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+    con.close()
+
+
+async def pages(url: str, repeat: int) -> dict[str, dict[str, float]]:
+    import httpx
+
+    from callbackd.adapters import console, db
+    from callbackd.adapters.console.auth import Account, Auth, hash_password
+    from callbackd.adapters.http import build_app
+    from callbackd.adapters.reports import CsvOptions, ReportSettings
+    from callbackd.adapters.store import Store
+    from callbackd.domain.calendar import BusinessCalendar
+    from callbackd.domain.intake import IntakeRules
+    from callbackd.domain.ladder import Schedule
+    from callbackd.domain.metrics import Thresholds
+
+    engine = db.make_engine(url)
+    store = Store(engine, node="bench", schedule=Schedule(calendar=BusinessCalendar.always_open("UTC")),
+                  claim_lease=timedelta(hours=1))  # fmt: skip
+    settings = ReportSettings(tz=UTC, thresholds=Thresholds(), csv=CsvOptions())
+    auth = Auth([Account("bench", hash_password("bench-password"), "admin")])
+    app = build_app(lambda c: None, "x" * 20, IntakeRules(region="US"))
+    console.install(app, console.router(store, auth, db_url=url, settings=lambda: settings))
+    cookie, _ = auth.issue(auth.accounts["bench"])
+    transport = httpx.ASGITransport(app=app)
+    results: dict[str, dict[str, float]] = {}
+    headers = {"Cookie": f"callbackd_session={cookie}"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="https://bench", timeout=600, headers=headers
+    ) as c:
+        for name, path in (
+            ("live page", "/console/"),
+            ("live JSON (one SSE update)", "/console/live.json"),
+            ("figures, one day by hour", "/console/figures?from=2026-03-15"),
+            ("figures, 30 days by day", "/console/figures?from=2026-03-01&to=2026-03-30"),
+        ):
+            times = []
+            for _ in range(repeat if "30 days" not in name else max(1, repeat // 2)):
+                t = time.perf_counter()
+                r = await c.get(path)
+                times.append(time.perf_counter() - t)
+                assert r.status_code == 200, (path, r.status_code)
+            results[name] = {"min": min(times), "median": statistics.median(times), "max": max(times)}
+            print(f"{name:32} median {results[name]['median'] * 1000:8.1f} ms  (min {min(times) * 1000:.1f}, "
+                  f"max {max(times) * 1000:.1f}, n={len(times)})")  # fmt: skip
+    await engine.dispose()
+    return results
+
+
+async def webhooks(url: str, n: int) -> float:
+    from callbackd.adapters import db
+    from callbackd.adapters import models as m
+    from callbackd.adapters.webhooks import Dispatcher, Endpoint, Policy
+
+    got = []
+    loop = asyncio.get_running_loop()
+    all_in = asyncio.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            got.append(1)
+            if len(got) == n:
+                loop.call_soon_threadsafe(all_in.set)
+            self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    engine = db.make_engine(url)
+    now = datetime.now(UTC)
+    async with db.sessionmaker(engine)() as s, s.begin():
+        s.add_all(
+            m.OutboxEvent(endpoint="bench", event="request.created", request_id=i % 500 + 1,
+                          payload={"event": "request.created", "request": {"id": i % 500 + 1}},
+                          created_at=now, status="pending", due_at=now, tries=0, last_error="", ref="")
+            for i in range(n)
+        )  # fmt: skip
+    hook = Endpoint("bench", f"http://127.0.0.1:{server.server_port}/", secret=b"bench-secret-0123456789")
+    d = Dispatcher(engine, (hook,), Policy(poll_interval=0.05, concurrency=8))
+    t = time.perf_counter()
+    d.start()
+    await asyncio.wait_for(all_in.wait(), 600)
+    elapsed = time.perf_counter() - t
+    assert len(got) == n
+    await d.stop()
+    server.shutdown()
+    await engine.dispose()
+    rate = n / elapsed * 60
+    print(f"webhooks: {n} events in {elapsed:.1f} s = {rate:.0f} per minute (8 at a time, 500 requests)")
+    return rate
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=1_000_000)
+    ap.add_argument("--open", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    OUT.mkdir(exist_ok=True)
+    dbfile = OUT / f"console-{args.calls}-{args.open}.db"
+    dbfile.unlink(missing_ok=True)
+    config = OUT / "bench-console.toml"
+    url = f"sqlite+aiosqlite:///{dbfile}"
+    config.write_text(f'[database]\nurl = "{url}"\n')
+    subprocess.run([sys.executable, "-m", "callbackd", "-c", str(config), "db", "upgrade"], check=True)
+    t = time.perf_counter()
+    counts = generate(dbfile, args.calls)
+    add_open(dbfile, args.open)
+    print(f"generated {counts} + {args.open} open requests in {time.perf_counter() - t:.0f} s")
+    res = asyncio.run(pages(url, args.repeat))
+    rate = asyncio.run(webhooks(url, 1000))
+    summary = {"pages_s": res, "webhooks_per_minute": rate, "calls": args.calls, "open": args.open}
+    (OUT / "console.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
