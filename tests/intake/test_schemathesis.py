@@ -8,25 +8,21 @@ import asyncio
 import re
 import threading
 from collections.abc import Coroutine, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
+from daemonkit import built_daemon, daemon_config
 from hypothesis import HealthCheck, settings
 from leadkit import TOKEN
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from sqlalchemy import select
 
-from callbackd.adapters import db
 from callbackd.adapters import models as m
 from callbackd.adapters.http import HttpServer, build_app
-from callbackd.adapters.store import Store
-from callbackd.app import CLAIM_LEASE, Daemon
-from callbackd.config import Config
-from callbackd.dialer import Dialer
-from callbackd.domain.calendar import BusinessCalendar
-from callbackd.domain.ladder import Schedule
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -36,8 +32,8 @@ UNSAFE_IN_NAMES = set('"<>;&${}\r\n')
 class Served:
     """The intake on its own event loop in a thread: schemathesis calls it synchronously."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="served-intake", daemon=True)
         self.thread.start()
@@ -46,19 +42,15 @@ class Served:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
 
     async def start(self) -> None:
-        cfg = Config.model_validate({"database": {"url": self.url}})
-        self.daemon = d = Daemon(cfg)
-        engine = db.make_engine(self.url)
-        await db.upgrade(engine)
-        schedule = Schedule(calendar=BusinessCalendar.always_open("UTC"))
-        d.store = Store(engine, node="st", schedule=schedule, claim_lease=CLAIM_LEASE)
-        d.dialer = Dialer(cfg.dialer, d.store, None, d.pool)  # type: ignore[arg-type]  # only woken
+        self.stack = AsyncExitStack()
+        cfg = daemon_config(self.tmp, schedule={"hours": {"mon-sun": "00:00-24:00"}})
+        self.daemon = d = await self.stack.enter_async_context(built_daemon(cfg))
         self.server = HttpServer(build_app(d.submit, TOKEN, d.rules), "127.0.0.1", 0)
         await self.server.start()
 
     async def stop(self) -> None:
         await self.server.stop()
-        await self.daemon.store.engine.dispose()
+        await self.stack.aclose()
 
     async def stored(self) -> tuple[list[Any], list[Any]]:
         async with self.daemon.store.session() as s:
@@ -69,7 +61,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = Served(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('schemathesis')}/intake.db")
+    served = Served(tmp_path_factory.mktemp("schemathesis"))
     served.call(served.start())
     try:
         yield served
