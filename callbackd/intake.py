@@ -47,7 +47,7 @@ log = structlog.get_logger("callbackd.intake")
 
 # Replay backoff while the database stays away.
 RETRY_INITIAL_S = 0.5
-RETRY_MAX_S = 30.0
+RETRY_MAX_S = 5.0
 # Replayed lines are dropped from the file in batches: a crash replays at most this many again.
 DROP_BATCH = 200
 # A spooled entry the database keeps refusing (not a connection problem) is set aside after this many tries.

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from datetime import UTC, datetime
 
 import pytest
+from dbfaults import PG_ADMIN_DSN
 
 from callbackd.adapters import db
 from callbackd.adapters.store import Store
 from callbackd.app import CLAIM_LEASE
 from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.ladder import Schedule
-
-PG_ADMIN_DSN = os.environ.get(
-    "CALLBACKD_TEST_PG", "postgresql://callbackd_test:callbackd_test@127.0.0.1:5432/postgres"
-)
 
 
 @pytest.fixture
