@@ -232,6 +232,7 @@ class Daemon:
             drained = await self._unless_forced(self.dialer.drain(self.cfg.service.drain_grace))
             # Phase 2: stop reading new work, AMI first.
             await sources.aclose()
+            log.info("daemon.inputs_closed", queued=self.intake.backlog().queued)
             # Phase 3: every queued contact into the database, or the spool.
             await self._close_intake()
             log.info("daemon.stopped", drained=bool(drained), in_flight=len(self.dialer.runs))

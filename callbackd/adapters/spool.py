@@ -97,6 +97,7 @@ class Spool:
         self.path = path
         self.max_items = max_items
         self.items: deque[Spooled] = deque()
+        self._lines: deque[bytes] = deque()  # as written, so dropping the head never re-encodes
         self._file: Any = None
         self.unreadable = 0
 
@@ -110,6 +111,7 @@ class Spool:
                         continue
                     try:
                         self.items.append(decode(json.loads(line)))
+                        self._lines.append(line if line.endswith(b"\n") else line + b"\n")
                     except (ValueError, KeyError, TypeError) as exc:
                         self.unreadable += 1
                         log.error("spool.unreadable_line", path=str(self.path), line=n, error=str(exc)[:200])
@@ -137,15 +139,18 @@ class Spool:
         if self.full and not force:
             raise SpoolFull(f"{self.path} holds {len(self.items)} items (max {self.max_items})")
         assert self._file is not None, "spool not open"
-        self._file.write(json.dumps(encode(entry), separators=(",", ":")).encode() + b"\n")
+        line = json.dumps(encode(entry), separators=(",", ":")).encode() + b"\n"
+        self._file.write(line)
         self._file.flush()
         os.fsync(self._file.fileno())
         self.items.append(entry)
+        self._lines.append(line)
 
     def drop_head(self, n: int) -> None:
         """Forget the first *n* entries (stored now): rewrite the rest atomically, or truncate."""
         for _ in range(min(n, len(self.items))):
             self.items.popleft()
+            self._lines.popleft()
         assert self._file is not None, "spool not open"
         if not self.items:
             self._file.truncate(0)
@@ -155,8 +160,7 @@ class Spool:
         try:
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), 0o640)
-                for entry in self.items:
-                    f.write(json.dumps(encode(entry), separators=(",", ":")).encode() + b"\n")
+                f.writelines(self._lines)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
