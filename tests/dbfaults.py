@@ -7,14 +7,39 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 PG_ADMIN_DSN = os.environ.get(
     "CALLBACKD_TEST_PG", "postgresql://callbackd_test:callbackd_test@127.0.0.1:5432/postgres"
 )
+
+
+@contextlib.asynccontextmanager
+async def pg_database():
+    """A new, empty PostgreSQL database, dropped afterwards."""
+    name = f"callbackd_t_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_ADMIN_DSN} (see README set-up): {exc}")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 async def pg_refuse(url: str, refuse: bool = True) -> None:
