@@ -160,6 +160,7 @@ class Daemon:
             mask_numbers=self.cfg.log.mask_numbers,
             on_request=lambda: self.dialer.wake.set(),
         )
+        self.intake.link.up, self.intake.link.since = True, utcnow()  # just migrated through it
         self.intake.start()
         stack.push_async_callback(self._close_intake)
         a = self.cfg.ami
