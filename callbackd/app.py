@@ -236,8 +236,11 @@ class Daemon:
             log.info("daemon.inputs_closed", queued=self.intake.backlog().queued)
             # Phase 3: every queued contact into the database, or the spool.
             await self._close_intake()
+            if self.lifecycle.force_exit.is_set():
+                log.warning("daemon.forced_exit", in_flight=len(self.dialer.runs))
+                return 1
             log.info("daemon.stopped", drained=bool(drained), in_flight=len(self.dialer.runs))
-        return 1 if self.lifecycle.force_exit.is_set() else 0
+        return 0
 
     def _draining(self) -> None:
         log.info(
@@ -257,7 +260,6 @@ class Daemon:
         await asyncio.wait([task, forced], return_when=asyncio.FIRST_COMPLETED)
         forced.cancel()
         if not task.done():
-            log.warning("daemon.forced_exit", phase="drain")
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task

@@ -125,8 +125,8 @@ async def test_sigterm_drain_meets_new_abandons_and_a_locked_database_then_all_a
     lab, fresh, watch, tmp_path
 ):
     """A callback is in progress, so the first SIGTERM's drain lasts; abandons arrive meanwhile while
-    SQLite is locked for 40 s. AMI is closed before the queue is flushed, the queue goes to the spool,
-    and the next start stores every abandon."""
+    SQLite is locked for 40 s. AMI is closed before the queue is flushed, the queue goes to the spool
+    (the lock outlasts the drain and the flush), and the next start stores every abandon."""
     lab.pstn("--talk", "12")
     lab.pause("op2")
     try:
@@ -136,7 +136,8 @@ async def test_sigterm_drain_meets_new_abandons_and_a_locked_database_then_all_a
 
 
 async def sigterm_drain(lab, watch, tmp_path: Path) -> None:
-    config = lab_config(tmp_path, extra='drain_grace = "60s"\nflush_timeout = "5s"\n')
+    # The drain (15 s) and the flush (5 s) end while the lock (40 s) still holds: the queue is spooled.
+    config = lab_config(tmp_path, extra='drain_grace = "15s"\nflush_timeout = "5s"\n')
     numbers = ["2025550182", "2025550183"]
     daemon = DaemonProcess(config)
     try:
