@@ -8,7 +8,7 @@
   database, SQLite and PostgreSQL: seconds from start to an empty spool, each contact stored
   exactly once (checked).
 
-    python bench/bench_spool.py [--items 10000] [--runs 3] [--no-pg] [--json FILE]
+    python bench/bench_spool.py [--items 10000] [--runs 3] [--no-pg] [--quick] [--json FILE]
 """
 
 from __future__ import annotations
@@ -207,8 +207,11 @@ def main() -> int:
     p.add_argument("--items", type=int, default=10_000, help="spooled items (contacts + call records)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-pg", action="store_true")
+    p.add_argument("--quick", action="store_true", help="2,000 items, one run")
     p.add_argument("--json", metavar="FILE", help="write the result here")
     args = p.parse_args()
+    if args.quick:
+        args.items, args.runs = 2000, 1
     res = asyncio.run(main_async(args))
     write_result(res, args.json)
     return 0
