@@ -48,7 +48,9 @@ log = structlog.get_logger("callbackd.intake")
 # Replay backoff while the database stays away.
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 5.0
-# Replayed lines are dropped from the file in batches: a crash replays at most this many again.
+# Replayed lines are dropped from the file (a rewrite of the rest) in batches of at least this
+# many, or a quarter of the spool, so a long replay rewrites it a few times, not once per batch;
+# a crash replays at most one batch again (harmless: storing is idempotent).
 DROP_BATCH = 200
 # A spooled entry the database keeps refusing (not a connection problem) is set aside after this many tries.
 MAX_REFUSED_TRIES = 3
@@ -360,7 +362,7 @@ class IntakeService:
             self._replay_pos += 1
             self.replayed += 1
             self._finish(_Job(entry), result)
-            if self._replay_pos >= DROP_BATCH:
+            if self._replay_pos >= max(DROP_BATCH, len(self.spool) // 4):
                 self._drop_replayed()
 
     def _drop_replayed(self) -> None:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import tempfile
-from collections import deque
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -96,8 +95,9 @@ class Spool:
     def __init__(self, path: Path, max_items: int) -> None:
         self.path = path
         self.max_items = max_items
-        self.items: deque[Spooled] = deque()
-        self._lines: deque[bytes] = deque()  # as written, so dropping the head never re-encodes
+        # Lists, not deques: replay reads at an index that grows, and drops the head in batches.
+        self.items: list[Spooled] = []
+        self._lines: list[bytes] = []  # as written, so dropping the head never re-encodes
         self._file: Any = None
         self.unreadable = 0
 
@@ -148,9 +148,8 @@ class Spool:
 
     def drop_head(self, n: int) -> None:
         """Forget the first *n* entries (stored now): rewrite the rest atomically, or truncate."""
-        for _ in range(min(n, len(self.items))):
-            self.items.popleft()
-            self._lines.popleft()
+        del self.items[:n]
+        del self._lines[:n]
         assert self._file is not None, "spool not open"
         if not self.items:
             self._file.truncate(0)
