@@ -193,10 +193,9 @@ class Daemon:
             stack.callback(self._stopped)
             stack.callback(self.lifecycle.uninstall)
             await self.build(stack)
-            # Closed before the intake is flushed: no new work once the drain is over.
+            # The other inputs (FastAGI, HTTP, MQTT), closed right after AMI once the drain is over.
             sources = AsyncExitStack()
             stack.push_async_callback(sources.aclose)
-            sources.push_async_callback(self.ami.close)
             await self.ami.start(self.cfg.ami.connect_timeout.total_seconds())
             await self._check_asterisk()
             if self.cfg.agi.enabled:
@@ -232,6 +231,7 @@ class Daemon:
             self._draining()
             drained = await self._unless_forced(self.dialer.drain(self.cfg.service.drain_grace))
             # Phase 2: stop reading new work, AMI first.
+            await self.ami.close()
             await sources.aclose()
             log.info("daemon.inputs_closed", queued=self.intake.backlog().queued)
             # Phase 3: every queued contact into the database, or the spool.
