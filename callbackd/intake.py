@@ -417,7 +417,7 @@ class IntakeService:
             log.info(
                 "request.stored",
                 request_id=result.request_id,
-                number=self._num(item.raw_number),
+                number=self._num(str(decide(item, self.rules).number)),
                 merged=result.merged,
                 source=item.source.value,
                 reason=item.reason,

@@ -215,3 +215,12 @@ async def test_a_daemon_stopped_during_an_outage_spools_its_queue_and_the_next_o
         by_source, calls, requests = await rows(again)
     assert by_source == {"ami": [f"1700000200.{i}" for i in range(3)]} and (calls, requests) == (3, 3)
     assert (tmp_path / "spool.jsonl").read_text() == ""
+
+
+async def test_a_stored_request_is_logged_with_its_e164_number(tmp_path):
+    cfg = daemon_config(tmp_path, schedule=ALWAYS, log={"mask_numbers": False})
+    async with built_daemon(cfg) as d:
+        with capture_logs() as logs:
+            await d.submit(lead("n1", "(202) 555-0123"))
+    [stored] = [e for e in logs if e["event"] == "request.stored"]
+    assert stored["number"] == "+12025550123"
