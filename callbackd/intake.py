@@ -429,7 +429,12 @@ class IntakeService:
                 item, Decision(disposition, decision.number, "", job.entry.refusal or decision.detail)
             )
         elif disposition is not None:
-            log.info("contact.not_scheduled", disposition=disposition.value, source=item.source.value)
+            log.info(
+                "contact.not_scheduled",
+                disposition=disposition.value,
+                detail=decide(item, self.rules).detail,
+                source=item.source.value,
+            )
         self._resolve(job, result)
 
     # -- bookkeeping ---------------------------------------------------------------------
