@@ -8,9 +8,10 @@ item goes to the spool (fsync'd local file) and everything after it follows it t
 until a replay task has put the spool back into the database, head first. AMI reading
 only appends to an in-memory queue, and the dialer never waits on either task.
 
-Direct sources (AGI, HTTP, MQTT, the CLI) await the outcome: stored, spooled (the
-request is safe on disk, its id not known yet) or :class:`IntakeUnavailable` when the
-database is down and the spool is full.
+Direct sources (AGI, HTTP, MQTT) await the outcome: stored, spooled (the request is
+safe on disk, its id not known yet) or :class:`IntakeUnavailable` when the database is
+down and the spool is full. ``callbackd requests add`` is another process: it writes
+through the store itself, and admin requests are exempt from the limits.
 """
 
 from __future__ import annotations
