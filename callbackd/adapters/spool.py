@@ -49,19 +49,27 @@ class Spooled:
     queued_at: datetime | None = None
 
 
+_KINDS: dict[str, type] = {"contact": Contact, "call": CallTrack, "recovery": Recovery}
+
+
 def encode(entry: Spooled) -> dict[str, Any]:
     item = entry.item
-    kind = {Contact: "contact", CallTrack: "call", Recovery: "recovery"}[type(item)]
+    kind = {cls: name for name, cls in _KINDS.items()}[type(item)]
     data = {f.name: _plain(getattr(item, f.name)) for f in fields(item)}  # type: ignore[arg-type]
     return {"kind": kind, "data": data, "refusal": entry.refusal, "queued_at": _plain(entry.queued_at)}
 
 
 def decode(obj: dict[str, Any]) -> Spooled:
-    data = dict(obj["data"])
     kind = obj["kind"]
+    cls = _KINDS[kind]
+    # Field types, as the dataclass declares them (strings: annotations are postponed).
+    types = {f.name: str(f.type) for f in fields(cls)}
+    data = {k: v for k, v in obj["data"].items() if k in types}  # a field since removed is ignored
     for key, value in data.items():
-        if isinstance(value, str) and key in _DATETIMES:
+        if isinstance(value, str) and "datetime" in types[key]:
             data[key] = datetime.fromisoformat(value)
+        elif isinstance(value, list) and types[key].startswith("set"):
+            data[key] = set(value)
     item: Contact | CallTrack | Recovery
     if kind == "contact":
         item = Contact(**{**data, "source": Source(data["source"])})
@@ -76,14 +84,11 @@ def decode(obj: dict[str, Any]) -> Spooled:
     return Spooled(item, obj.get("refusal"), datetime.fromisoformat(queued) if queued else None)
 
 
-_DATETIMES = frozenset(
-    {"at", "preferred_at", "started_at", "joined_at", "answered_at", "abandoned_at", "ended_at", "last_seen"}
-)
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
     if hasattr(value, "value"):  # enums
         return value.value
     return value

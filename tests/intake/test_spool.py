@@ -24,6 +24,7 @@ def contact(ref: str) -> Spooled:
 def test_every_kind_survives_a_reopen_in_order(tmp_path):
     call = CallTrack("1.1", "2025550123", "Ada", "100", "from-pstn", AT, queue="support")
     call.ended_at, call.missed = AT, MissReason.QUEUE_ABANDON
+    call.left_at, call.member_legs = AT, {"1.2", "1.3"}
     items = [
         contact("a"),
         Spooled(call, None, AT),
