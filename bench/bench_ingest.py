@@ -257,21 +257,19 @@ async def client_daemon(
     from sqlalchemy import func, select
 
     from callbackd import logs
-    from callbackd.adapters import db
     from callbackd.adapters import models as m
     from callbackd.adapters.ami import AmiClient
-    from callbackd.adapters.store import Store
-    from callbackd.app import CLAIM_LEASE, Daemon
+    from callbackd.app import Daemon
     from callbackd.config import Config
-    from callbackd.dialer import Dialer
 
     url = f"sqlite+aiosqlite:///{db_path}"
-    cfg = Config.model_validate(lab_cfg_data(url))
+    data = lab_cfg_data(url)
+    data["service"]["spool_file"] = str(Path(db_path).with_name("spool.jsonl"))
+    cfg = Config.model_validate(data)
     logs.setup(cfg.log.level, cfg.log.format)  # JSON lines to stdout (a file), as under systemd
-    engine = db.make_engine(url)
-    await db.upgrade(engine)
     d = Daemon(cfg)
-    d.store = Store(engine, node=cfg.node, schedule=cfg.schedule_rules(), claim_lease=CLAIM_LEASE)
+    stack = contextlib.AsyncExitStack()
+    await d.build(stack)
     done = asyncio.Event()
     state = {"n": 0, "first": 0.0, "last": 0.0}
     lags: list[float] = []
@@ -299,20 +297,14 @@ async def client_daemon(
         ping_interval=3600,
         ping_timeout=60,
     )
-    d.dialer = Dialer(cfg.dialer, d.store, d.ami, d.pool, guard=d.guard)
-
-    async def drain() -> None:
-        while True:
-            await d.intake.get()
-            d.intake.task_done()
-
-    worker = asyncio.create_task(d._intake_worker() if store else drain())
+    if not store:
+        d.intake.put = lambda item: None  # type: ignore[method-assign]
     depth = 0
 
     async def watch_depth() -> None:
         nonlocal depth
         while True:
-            depth = max(depth, d.intake.qsize())
+            depth = max(depth, d.intake.backlog().queued)
             await asyncio.sleep(0.01)
 
     watcher = asyncio.create_task(watch_depth())
@@ -321,18 +313,17 @@ async def client_daemon(
         await asyncio.wait_for(done.wait(), timeout)
     dispatched = time.perf_counter()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(d.intake.join(), timeout)
+        await asyncio.wait_for(d.intake.idle(), timeout)
     state["last"] = time.perf_counter()
     if profiler is not None:
         profiler.stop()
     watcher.cancel()
-    worker.cancel()
     await d.ami.close()
     async with d.store.session() as s:
         calls = (await s.execute(select(func.count()).select_from(m.Call))).scalar_one()
         contacts = (await s.execute(select(func.count()).select_from(m.Contact))).scalar_one()
         requests = (await s.execute(select(func.count()).select_from(m.Request))).scalar_one()
-    await engine.dispose()
+    await stack.aclose()
     secs = state["last"] - state["first"]
     out = {
         "events": state["n"],

@@ -1,19 +1,17 @@
-"""Composition root: builds every adapter, wires them, runs until told to stop.
+"""Composition root: builds every adapter, wires them, runs until told to stop, then drains.
 
-Each adapter registers its own cleanup on one AsyncExitStack, so start-up can
-fail at any step and still leave nothing behind. The first SIGTERM stops new
-attempts and drains the ones in flight; a second one exits at once.
+Each part's cleanup goes on one AsyncExitStack, so start-up can fail at any step and
+still leave nothing behind. Phases after the first SIGTERM: stop new attempts and
+wait for the ones in flight (AMI still read, so misses keep arriving and are stored),
+close AMI and every lead listener (no new work), then store or spool every queued
+contact. A second SIGTERM cuts each phase short, through the same path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
 import time
-from collections import Counter
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
@@ -29,40 +27,22 @@ from callbackd.adapters import db
 from callbackd.adapters import status as status_file
 from callbackd.adapters.ami import AmiClient, AmiError
 from callbackd.adapters.metrics import Live, Metrics
+from callbackd.adapters.spool import Spool
 from callbackd.adapters.store import ContactResult, Finished, Store
 from callbackd.config import Config, ConfigError
-from callbackd.dialer import Dialer, Run, channel_ids
-from callbackd.domain.detection import (
-    Answered,
-    CallEnded,
-    DetectionRules,
-    Detector,
-    Missed,
-    OutboundAnswered,
-)
-from callbackd.domain.errors import InvalidNumber
-from callbackd.domain.intake import (
-    WEB_SOURCES,
-    Contact,
-    Decision,
-    Disposition,
-    IntakeRules,
-    Source,
-    decide,
-    limit,
-)
+from callbackd.dialer import Dialer, Run
+from callbackd.domain.detection import DetectionRules, Detector
+from callbackd.domain.intake import Contact, IntakeRules
 from callbackd.domain.limits import AbuseGuard, AbuseLimits
 from callbackd.domain.operators import OperatorPool
 from callbackd.domain.pbx import UnsupportedAsterisk, check_asterisk
-from callbackd.domain.phone import NumberRules, mask, parse_caller_id
+from callbackd.domain.phone import NumberRules, mask
 from callbackd.domain.states import RequestStatus
+from callbackd.intake import IntakeService
+from callbackd.lifecycle import Lifecycle, notify, watchdog
+from callbackd.resync import on_login
 
 log = structlog.get_logger("callbackd")
-
-# Resync after a login: a PBX that is still booting may not answer the first tries.
-RESYNC_TRIES = 20
-RESYNC_RETRY_S = 2.0
-RESYNC_TIMEOUT_S = 5.0
 
 CLAIM_LEASE = timedelta(hours=2)
 # How often the status loop looks for a change worth rewriting the status file.
@@ -76,27 +56,6 @@ except metadata.PackageNotFoundError:  # run from a source tree without pip inst
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def notify(message: str) -> None:
-    """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(path)
-        sock.sendall(message.encode())
-
-
-def watchdog_interval() -> float | None:
-    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when not asked for us."""
-    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-    pid = os.environ.get("WATCHDOG_PID")
-    if usec <= 0 or (pid and pid != str(os.getpid())):
-        return None
-    return usec / 2e6
 
 
 def intake_rules(cfg: Config) -> IntakeRules:
@@ -144,6 +103,7 @@ class Daemon:
         self.started_at = utcnow()
         self.reloaded_at: datetime | None = None
         self.metrics = Metrics(self._live, version=VERSION)
+        self.lifecycle = Lifecycle()
         self._status_error: str | None = None
         self._agi: Any = None
         self._mqtt: Any = None
@@ -151,81 +111,116 @@ class Daemon:
         self._retention_at: datetime | None = None
         self.rules = intake_rules(cfg)
         self.guard = AbuseGuard(abuse_limits(cfg))
-        # Contacts refused by the number rules or the abuse limits, by reason.
-        self.refusals: Counter[str] = Counter()
         self.pool = OperatorPool(cfg.dialer.queues, int(cfg.dialer.wrapup.total_seconds()))
         self.asterisk_version: str | None = None
-        self.intake: asyncio.Queue[Any] = asyncio.Queue()
-        self.stop = asyncio.Event()
-        self.sigterms = 0
         self.store: Store
+        self.intake: IntakeService
         self.ami: AmiClient
         self.dialer: Dialer
 
     def _num(self, number: str) -> str:
         return mask(number) if self.cfg.log.mask_numbers else number
 
-    async def run(self) -> int:
-        # From the start: SIGHUP's default action would kill a daemon still connecting.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_hup)
-        async with AsyncExitStack() as stack:
-            engine = db.make_engine(self.cfg.database.url)
-            stack.push_async_callback(engine.dispose)
-            stack.callback(self._stopped)
-            await db.upgrade(engine)
-            log.info("db.migrated", revision=await db.current_revision(engine))
-            self.store = Store(
-                engine,
-                node=self.cfg.node,
-                pbx=self.cfg.pbx_identity(),
-                schedule=self.cfg.schedule_rules(),
-                claim_lease=CLAIM_LEASE,
-            )
-            if self.cfg.webhooks.endpoints:
-                from callbackd.adapters import webhooks
+    @property
+    def refusals(self) -> dict[str, int]:
+        intake: IntakeService | None = getattr(self, "intake", None)
+        return dict(intake.refusals) if intake is not None else {}
 
-                endpoints, policy = webhooks.from_config(self.cfg)
-                self.store.outbox = webhooks.Outbox(endpoints, policy)
-                dispatcher = webhooks.Dispatcher(engine, tuple(endpoints), policy)
-                dispatcher.start()
-                stack.push_async_callback(dispatcher.stop)  # after the dialer's drain: its events go too
-            a = self.cfg.ami
-            self.ami = AmiClient(
-                host=a.host,
-                port=a.port,
-                username=a.username,
-                secret=self.cfg.ami_secret(),
-                on_event=self.on_event,
-                on_login=self.on_login,
-                ping_interval=a.ping_interval.total_seconds(),
-                ping_timeout=a.ping_timeout.total_seconds(),
-            )
-            stack.push_async_callback(self.ami.close)
-            self.dialer = Dialer(
-                self.cfg.dialer,
-                self.store,
-                self.ami,
-                self.pool,
-                mask_numbers=self.cfg.log.mask_numbers,
-                guard=self.guard,
-                on_started=self._attempt_started,
-                on_finished=self._attempt_finished,
-            )
-            stack.push_async_callback(self.dialer.close)
-            await self.ami.start(a.connect_timeout.total_seconds())
+    async def submit(self, contact: Contact) -> ContactResult:
+        """What every direct source (AGI, HTTP, MQTT) calls: the intake service's submit."""
+        return await self.intake.submit(contact)
+
+    # -- wiring --------------------------------------------------------------------------
+
+    async def build(self, stack: AsyncExitStack, *, ami: Any = None) -> None:
+        """Database, spool, intake service, AMI client and dialer, nothing connected or listening.
+
+        ``run`` starts from here; tests build the daemon the same way (``ami`` replaces the
+        AMI client the dialer talks to). The intake's writer runs from here on, and its
+        close (spooling whatever is left) is on *stack*.
+        """
+        engine = db.make_engine(self.cfg.database.url)
+        stack.push_async_callback(engine.dispose)
+        await db.upgrade(engine)
+        log.info("db.migrated", revision=await db.current_revision(engine))
+        self.store = Store(
+            engine,
+            node=self.cfg.node,
+            pbx=self.cfg.pbx_identity(),
+            schedule=self.cfg.schedule_rules(),
+            claim_lease=CLAIM_LEASE,
+        )
+        if self.cfg.webhooks.endpoints:
+            from callbackd.adapters import webhooks
+
+            endpoints, policy = webhooks.from_config(self.cfg)
+            self.store.outbox = webhooks.Outbox(endpoints, policy)
+            dispatcher = webhooks.Dispatcher(engine, tuple(endpoints), policy)
+            dispatcher.start()
+            stack.push_async_callback(dispatcher.stop)  # after the dialer's drain: its events go too
+        svc = self.cfg.service
+        spool = Spool(svc.spool_file, svc.spool_max_items)
+        spool.open()
+        stack.callback(spool.close)
+        self.intake = IntakeService(
+            self.store,
+            spool,
+            self.rules,
+            self.guard,
+            mask_numbers=self.cfg.log.mask_numbers,
+            on_request=lambda: self.dialer.wake.set(),
+            on_call=self.metrics.call_recorded,
+            on_recovered=self.metrics.recovered_by,
+        )
+        self.intake.link.up, self.intake.link.since = True, utcnow()  # just migrated through it
+        self.intake.start()
+        stack.push_async_callback(self._close_intake)
+        a = self.cfg.ami
+        self.ami = AmiClient(
+            host=a.host,
+            port=a.port,
+            username=a.username,
+            secret=self.cfg.ami_secret(),
+            on_event=self.on_event,
+            on_login=self.on_login,
+            ping_interval=a.ping_interval.total_seconds(),
+            ping_timeout=a.ping_timeout.total_seconds(),
+        )
+        stack.push_async_callback(self.ami.close)
+        self.dialer = Dialer(
+            self.cfg.dialer,
+            self.store,
+            ami if ami is not None else self.ami,
+            self.pool,
+            mask_numbers=self.cfg.log.mask_numbers,
+            guard=self.guard,
+            on_started=self._attempt_started,
+            on_finished=self._attempt_finished,
+        )
+        stack.push_async_callback(self.dialer.close)
+
+    async def run(self) -> int:
+        self.lifecycle.install_hup(self._on_hup)
+        async with AsyncExitStack() as stack:
+            stack.callback(self._stopped)
+            stack.callback(self.lifecycle.uninstall)
+            await self.build(stack)
+            # The other inputs (FastAGI, HTTP, MQTT), closed right after AMI once the drain is over.
+            sources = AsyncExitStack()
+            stack.push_async_callback(sources.aclose)
+            await self.ami.start(self.cfg.ami.connect_timeout.total_seconds())
             await self._check_asterisk()
             if self.cfg.agi.enabled:
                 from callbackd.adapters.agi import CallbackAgi
 
                 agi = self._agi = CallbackAgi(self.submit, self.rules)
                 server = await agi.serve(self.cfg.agi.host, self.cfg.agi.port)
-                stack.push_async_callback(_close_server, server)
+                sources.push_async_callback(_close_server, server)
                 log.info("agi.listening", host=self.cfg.agi.host, port=self.cfg.agi.port)
             tasks = [
-                asyncio.create_task(self._intake_worker(), name="intake"),
                 asyncio.create_task(self.dialer.run(), name="dialer"),
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
-                asyncio.create_task(self._watchdog(), name="watchdog"),
+                asyncio.create_task(watchdog(), name="watchdog"),
                 asyncio.create_task(self._status_loop(), name="status"),
             ]
             stack.push_async_callback(_cancel, tasks)
@@ -234,42 +229,59 @@ class Daemon:
             reports = ReportScheduler(self.cfg)
             reports.start()
             stack.callback(reports.shutdown)
-            await self._start_lead_intake(stack)
-            self._install_signals()
+            await self._start_lead_intake(sources)
+            self.lifecycle.install_stop()
             self.state = "running"
             notify("READY=1\nSTATUS=attached to AMI")
             log.info(
-                "daemon.ready", node=self.cfg.node, database=engine.url.render_as_string(hide_password=True)
+                "daemon.ready",
+                node=self.cfg.node,
+                database=self.store.engine.url.render_as_string(hide_password=True),
             )
-            await self.stop.wait()
-            notify("STOPPING=1")
-            drained = await self.dialer.drain(self.cfg.service.drain_grace)
-            await self._flush_intake()
-            log.info("daemon.stopped", drained=drained, in_flight=len(self.dialer.runs))
+            await self.lifecycle.should_exit.wait()
+            # Phase 1: no new attempts; the ones in flight end (AMI still read, misses still stored).
+            self._draining()
+            drained = await self._unless_forced(self.dialer.drain(self.cfg.service.drain_grace))
+            # Phase 2: stop reading new work, AMI first.
+            await self.ami.close()
+            await sources.aclose()
+            log.info("daemon.inputs_closed", queued=self.intake.backlog().queued)
+            # Phase 3: every queued contact into the database, or the spool.
+            await self._close_intake()
+            if self.lifecycle.force_exit.is_set():
+                log.warning("daemon.forced_exit", in_flight=len(self.dialer.runs))
+                return 1
+            log.info("daemon.stopped", drained=bool(drained), in_flight=len(self.dialer.runs))
         return 0
 
-    # -- signals ---------------------------------------------------------------------
+    def _draining(self) -> None:
+        log.info(
+            "daemon.stopping",
+            in_flight=len(self.dialer.runs),
+            grace_s=self.cfg.service.drain_grace.total_seconds(),
+            hint="send SIGTERM again to cut the drain short",
+        )
+        self.state = "draining"
+        notify("STOPPING=1")
+        self.dialer.accepting = False
 
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._on_term)
-        loop.add_signal_handler(signal.SIGINT, self._on_term)
+    async def _unless_forced(self, work: Any) -> Any:
+        """Await *work* unless a second signal comes first (then it is cancelled)."""
+        task = asyncio.ensure_future(work)
+        forced = asyncio.ensure_future(self.lifecycle.force_exit.wait())
+        await asyncio.wait([task, forced], return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return None
+        return task.result()
 
-    def _on_term(self) -> None:
-        self.sigterms += 1
-        if self.sigterms == 1:
-            log.info(
-                "daemon.stopping",
-                in_flight=len(self.dialer.runs),
-                grace_s=self.cfg.service.drain_grace.total_seconds(),
-                hint="send SIGTERM again to exit at once",
-            )
-            self.state = "draining"
-            self.dialer.accepting = False
-            self.stop.set()
-        else:
-            log.warning("daemon.forced_exit")
-            os._exit(1)
+    async def _close_intake(self) -> None:
+        intake: IntakeService | None = getattr(self, "intake", None)
+        if intake is not None and not intake.closed:
+            await intake.close(self.cfg.service.flush_timeout.total_seconds(), self.lifecycle.force_exit)
 
     def _on_hup(self) -> None:
         if self.state != "running":
@@ -321,7 +333,10 @@ class Daemon:
         for adapter in (self._agi, self._mqtt):
             if adapter is not None:
                 adapter.rules = self.rules
-        with contextlib.suppress(AttributeError):  # not yet built: run() reads self.cfg
+        with contextlib.suppress(AttributeError):  # not yet built: build() reads self.cfg
+            self.intake.rules = self.rules
+            self.intake.mask_numbers = cfg.log.mask_numbers
+        with contextlib.suppress(AttributeError):
             self.store.schedule = cfg.schedule_rules()
         with contextlib.suppress(AttributeError):
             self.dialer.cfg = cfg.dialer
@@ -331,11 +346,7 @@ class Daemon:
     # -- AMI -------------------------------------------------------------------------
 
     async def on_login(self) -> None:
-        """After every (re)connect: resync operators and queues, then reconcile calls.
-
-        Nothing is dialled until this succeeds. A PBX that is still starting answers
-        QueueStatus late or not at all, so the resync is retried while the link is up.
-        """
+        """After every (re)connect: refuse an unsupported Asterisk, then resync (callbackd/resync.py)."""
         self.dialer.reconciled = False
         try:
             await self._check_asterisk()
@@ -343,16 +354,7 @@ class Daemon:
             # Start-up refuses this at once; after a reconnect dialling stays paused.
             log.error("ami.unsupported", error=str(exc))
             return
-        for attempt in range(1, RESYNC_TRIES + 1):
-            try:
-                await self._resync()
-                return
-            except AmiError as exc:
-                log.warning("ami.resync_failed", error=str(exc), attempt=attempt)
-            if not self.ami.connected:
-                return  # the next login resyncs
-            await asyncio.sleep(RESYNC_RETRY_S)
-        log.error("ami.resync_gave_up", tries=RESYNC_TRIES, hint="dialling stays paused until the next login")
+        await on_login(self.ami, self.pool, self.detector, self.dialer)
 
     async def _check_asterisk(self) -> None:
         """Refuse an Asterisk whose AMI events lack Linkedid (see domain/pbx.py)."""
@@ -365,24 +367,6 @@ class Daemon:
             self.asterisk_version = version
             log.info("ami.asterisk", version=version, ami_version=settings.get("AMIversion"))
 
-    async def _resync(self) -> None:
-        status = await self.ami.list_action({"Action": "QueueStatus"}, timeout=RESYNC_TIMEOUT_S)
-        channels = await self.ami.list_action({"Action": "CoreShowChannels"}, timeout=RESYNC_TIMEOUT_S)
-        self.pool.resync(status)
-        live = [e for e in channels if e.get("Event") == "CoreShowChannel"]
-        lost = self.detector.resync(live, status, utcnow())
-        if lost:
-            log.warning("calls.ended_unseen", count=len(lost), linkedids=[c.linkedid for c in lost][:20])
-        await self.dialer.reconcile(channel_ids(channels))
-        log.info(
-            "ami.resynced",
-            calls_followed=len(self.detector.calls),
-            members=len(self.pool.members),
-            free=len(self.pool.free(utcnow().timestamp())),
-            waiting=self.pool.callers_waiting(),
-            in_flight=len(self.dialer.runs),
-        )
-
     def on_event(self, ev: dict[str, str]) -> None:
         now = utcnow()
         self.metrics.event_received(ev, now.timestamp())
@@ -392,23 +376,12 @@ class Daemon:
         if name == "QueueMemberStatus":
             self.dialer.wake.set()
         for out in self.detector.feed(ev, now):
-            self.intake.put_nowait(out)
+            self.intake.put(out)
 
-    # -- intake ----------------------------------------------------------------------
-
-    async def _intake_worker(self) -> None:
-        """One writer, in arrival order: merges and recoveries never race each other."""
-        while True:
-            item = await self.intake.get()
-            try:
-                await self._handle(item)
-            except Exception:
-                log.exception("intake.failed", item=type(item).__name__)
-            finally:
-                self.intake.task_done()
+    # -- lead intake -----------------------------------------------------------------
 
     async def _start_lead_intake(self, stack: AsyncExitStack) -> None:
-        """Web forms over HTTP and MQTT; pushed last, so they stop taking input first on exit."""
+        """Web forms over HTTP and MQTT; closed with AMI, before the intake is flushed."""
         if self.cfg.http.enabled:
             from callbackd.adapters import api
             from callbackd.adapters.http import HttpServer, build_app
@@ -457,107 +430,6 @@ class Daemon:
             mqtt.start()
             stack.push_async_callback(mqtt.stop)
 
-    async def _flush_intake(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.intake.join(), 5)
-
-    async def _handle(self, item: Any) -> None:
-        if isinstance(item, Missed):
-            log.info(
-                "call.missed",
-                linkedid=item.linkedid,
-                number=self._num(item.caller_num),
-                reason=item.reason.value,
-                queue=item.queue,
-                waited=item.waited,
-            )
-            contact = Contact(
-                source=Source.AMI,
-                source_ref=item.linkedid,
-                raw_number=item.caller_num,
-                reason=item.reason.value,
-                at=item.at,
-                name=item.caller_name,
-                waited=item.waited,
-                caller_gave_up=item.caller_gave_up,
-                did=item.did,
-                queue=item.queue,
-            )
-            await self.submit(contact)
-        elif isinstance(item, Answered):
-            await self._self_recovery(item.caller_num, item.at, "client_called_in")
-        elif isinstance(item, OutboundAnswered):
-            await self._self_recovery(item.number, item.at, "operator_called")
-        elif isinstance(item, CallEnded):
-            try:
-                number = parse_caller_id(item.call.caller_num, self.rules.region)
-            except InvalidNumber:
-                number = None
-            await self.store.record_call(item.call, str(number) if number else None)
-            self.metrics.call_recorded(item.call.missed.value if item.call.missed else None)
-
-    async def submit(self, contact: Contact) -> ContactResult:
-        """Every source ends here: decide, apply the abuse limits, store once, wake the dialer."""
-        now = utcnow()
-        decision = decide(contact, self.rules)
-        if decision.schedules and contact.source is not Source.ADMIN:
-            number = str(decision.number)
-            refusal = self.guard.new_request_refusal(number, now)
-            # Only a new request counts: the store is asked only once a limit is reached.
-            if refusal is not None and not await self.store.has_open_request(number):
-                decision = limit(decision, refusal)
-        if decision.disposition is Disposition.RATE_LIMITED and contact.source in WEB_SOURCES:
-            self._refused(contact, decision)
-            return ContactResult(None, None, disposition=decision.disposition)
-        result = await self.store.record_contact(contact, decision)
-        if result.created:
-            self.guard.new_request_opened(str(decision.number), now)
-        if result.duplicate:
-            log.info("contact.duplicate", source=contact.source.value, ref=contact.source_ref)
-        elif decision.disposition is Disposition.SCHEDULE:
-            log.info(
-                "request.stored",
-                request_id=result.request_id,
-                number=self._num(str(decision.number)),
-                merged=result.merged,
-                source=contact.source.value,
-                reason=contact.reason,
-            )
-            self.dialer.wake.set()
-        elif decision.disposition in (Disposition.BLOCKED, Disposition.RATE_LIMITED):
-            self._refused(contact, decision)
-        else:
-            log.info(
-                "contact.not_scheduled",
-                disposition=decision.disposition.value,
-                detail=decision.detail,
-                source=contact.source.value,
-            )
-        return result
-
-    def _refused(self, contact: Contact, decision: Decision) -> None:
-        self.refusals[decision.detail] += 1
-        log.info(
-            "contact.refused",
-            reason=decision.detail,
-            disposition=decision.disposition.value,
-            number=self._num(str(decision.number)),
-            source=contact.source.value,
-            count=self.refusals[decision.detail],
-        )
-
-    async def _self_recovery(self, raw: str, at: datetime, how: str) -> None:
-        try:
-            number = parse_caller_id(raw, self.rules.region)
-        except InvalidNumber:
-            return
-        if number is None:
-            return
-        closed = await self.store.recover(str(number), at, how)
-        self.metrics.recovered_by(how, len(closed))
-        if closed:
-            log.info("request.recovered", request_ids=closed, number=self._num(str(number)), how=how)
-
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(60)
@@ -586,54 +458,25 @@ class Daemon:
         if done:
             log.info("retention.anonymised", numbers=done)
 
-    async def _watchdog(self) -> None:
-        """Ping systemd's watchdog at half its interval, from the event loop itself."""
-        interval = watchdog_interval()
-        if interval is None:
-            return
-        while True:
-            notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
-
     # -- status and metrics ----------------------------------------------------------
 
     def status_snapshot(self) -> dict[str, Any]:
-        """What `callbackd status` shows that only the running daemon knows."""
-        now = utcnow()
-        ami: AmiClient | None = getattr(self, "ami", None)
         dialer: Dialer | None = getattr(self, "dialer", None)
-        runs = list(dialer.runs.values()) if dialer is not None else []
-        return {
-            "version": VERSION,
-            "pid": os.getpid(),
-            "node": self.cfg.node,
-            "state": self.state,
-            "started_at": self.started_at.isoformat(),
-            "reloaded_at": self.reloaded_at.isoformat() if self.reloaded_at else None,
-            "ami": {
-                "address": f"{self.cfg.ami.host}:{self.cfg.ami.port}",
-                "connected": bool(ami is not None and ami.connected),
-                "reconnects": ami.reconnects if ami is not None else 0,
-                "last_error": ami.last_error if ami is not None else None,
-            },
-            "operators": {
-                "members": len(self.pool.members),
-                "free": [{"interface": m.interface, "name": m.name} for m in self.pool.free(now.timestamp())],
-            },
-            "callers_waiting": self.pool.callers_waiting(),
-            "in_flight": [
-                {
-                    "request_id": r.request_id,
-                    "attempt_id": r.attempt_id,
-                    "try_no": r.try_no,
-                    "operator": r.operator,
-                    "number": self._num(r.number),
-                }
-                for r in runs
-            ],
-            "refusals": dict(self.refusals),
-            "last_error": logs.last_problem.last,
-        }
+        return status_file.snapshot(
+            version=VERSION,
+            node=self.cfg.node,
+            state=self.state,
+            started_at=self.started_at,
+            reloaded_at=self.reloaded_at,
+            ami_address=f"{self.cfg.ami.host}:{self.cfg.ami.port}",
+            ami=getattr(self, "ami", None),
+            pool=self.pool,
+            runs=list(dialer.runs.values()) if dialer is not None else [],
+            intake=getattr(self, "intake", None),
+            last_error=logs.last_problem.last,
+            show_number=self._num,
+            now=utcnow(),
+        )
 
     def _write_status(self, snapshot: dict[str, Any]) -> None:
         path = self.cfg.service.status_file
@@ -670,6 +513,8 @@ class Daemon:
     def _live(self) -> Live:
         ami: AmiClient | None = getattr(self, "ami", None)
         dialer: Dialer | None = getattr(self, "dialer", None)
+        intake: IntakeService | None = getattr(self, "intake", None)
+        backlog = intake.backlog() if intake is not None else None
         return Live(
             ami_connected=bool(ami is not None and ami.connected),
             ami_reconnects=ami.reconnects if ami is not None else 0,
@@ -677,7 +522,14 @@ class Daemon:
             operators_free=len(self.pool.free(time.time())),
             callers_waiting=self.pool.callers_waiting(),
             in_flight=len(dialer.runs) if dialer is not None else 0,
-            refusals=dict(self.refusals),
+            refusals=self.refusals,
+            database_up=backlog.link.up if backlog is not None else None,
+            backlog=backlog.items if backlog is not None else 0,
+            spooled=backlog.spooled if backlog is not None else 0,
+            backlog_oldest_s=(utcnow() - backlog.oldest).total_seconds()
+            if backlog and backlog.oldest
+            else 0.0,
+            spool_full=bool(backlog and backlog.spool_full),
         )
 
     def _attempt_started(self, run: Run, req: Any) -> None:

@@ -766,6 +766,12 @@ class ServiceConfig(_Section):
     status_interval: Duration = Field(timedelta(seconds=5), ge=timedelta(seconds=1))
     # The first SIGTERM waits this long for calls in flight; keep it below the unit's TimeoutStopSec.
     drain_grace: Duration = Field(timedelta(seconds=30), ge=timedelta(0))
+    # Contacts and call records the database could not take yet (down, locked), fsync'd here and
+    # replayed when it is back; StateDirectory=callbackd is /var/lib/callbackd.
+    spool_file: Path = Path("/var/lib/callbackd/spool.jsonl")
+    spool_max_items: int = Field(100_000, ge=1)
+    # At exit, how long the queued contacts may wait for the database before they are spooled.
+    flush_timeout: Duration = Field(timedelta(seconds=10), ge=timedelta(0))
 
 
 class Config(_Section):

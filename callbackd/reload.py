@@ -18,8 +18,8 @@ from callbackd.config import Config
 
 # Top-level keys whose change needs a restart: connections, listeners, the report scheduler.
 RESTART_SECTIONS = ("ami", "database", "agi", "http", "mqtt", "reports", "node", "pbx")
-# The operator pool is built once from these.
-RESTART_KEYS = ("dialer.queues", "dialer.wrapup")
+# The operator pool is built once from the dialer's; the spool file is open from start to exit.
+RESTART_KEYS = ("dialer.queues", "dialer.wrapup", "service.spool_file", "service.spool_max_items")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ def plan(running: Config, new: Config) -> ReloadPlan:
     restart = [k for k in keys if _needs_restart(k)]
     live = [k for k in keys if not _needs_restart(k)]
     kept: dict[str, Any] = {name: getattr(running, name) for name in RESTART_SECTIONS}
-    kept["dialer"] = new.dialer.model_copy(
-        update={k.split(".", 1)[1]: getattr(running.dialer, k.split(".", 1)[1]) for k in RESTART_KEYS}
-    )
+    for section in {k.split(".", 1)[0] for k in RESTART_KEYS}:
+        names = [k.split(".", 1)[1] for k in RESTART_KEYS if k.startswith(section + ".")]
+        kept[section] = getattr(new, section).model_copy(
+            update={name: getattr(getattr(running, section), name) for name in names}
+        )
     return ReloadPlan(live, restart, new.model_copy(update=kept))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
 from datetime import UTC, datetime
 
 import pytest
+from dbfaults import pg_database
 
 from callbackd.adapters import db
 from callbackd.adapters.store import Store
@@ -15,39 +13,10 @@ from callbackd.app import CLAIM_LEASE
 from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.ladder import Schedule
 
-PG_ADMIN_DSN = os.environ.get(
-    "CALLBACKD_TEST_PG", "postgresql://callbackd_test:callbackd_test@127.0.0.1:5432/postgres"
-)
-
 
 @pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite+aiosqlite:///{tmp_path}/callbackd.db"
-
-
-@contextlib.asynccontextmanager
-async def pg_database():
-    """A new, empty PostgreSQL database, dropped afterwards."""
-    import asyncpg
-
-    name = f"callbackd_t_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(f"PostgreSQL is required at {PG_ADMIN_DSN} (see README set-up): {exc}")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @pytest.fixture

@@ -50,6 +50,9 @@ class AgiPrompts:
     minutes: str = "minutes"
     try_again: str = "please-try-again"
     goodbye: str = "goodbye"
+    # Said when the request could be neither stored nor spooled: "I'm sorry... please try your call later".
+    sorry: str = "im-sorry"
+    call_later: str = "please-try-call-later"
 
 
 class CallbackAgi:
@@ -101,7 +104,8 @@ class CallbackAgi:
 
         Arguments from the dialplan: 1 = the number to offer (usually ${CALLERID(num)}),
         2 = the reason (default ``ivr_request``). Sets CB_RESULT to stored, invalid,
-        blocked or cancelled for the dialplan to branch on.
+        blocked, cancelled or failed for the dialplan to branch on. The thank-you is said
+        only once the request is in the database or the spool; "failed" gets an apology.
         """
         h = request.headers
         offered = h.get("agi_arg_1") or h.get("agi_callerid", "")
@@ -126,7 +130,14 @@ class CallbackAgi:
         decision = decide(contact, self.rules)
         # Stored either way (a refused one as a contact, for the record); the abuse limits
         # are applied in submit, so its answer is what the caller is told.
-        stored = await self.submit(contact)
+        try:
+            stored = await self.submit(contact)
+        except Exception as exc:
+            log.error("agi.callback_failed", error=str(exc)[:300], reason=reason)
+            await self._set_result(request, "failed")
+            await self._play(request, self.prompts.sorry)
+            await self._play(request, self.prompts.call_later)
+            return
         disposition = getattr(stored, "disposition", None) or decision.disposition
         if disposition is Disposition.SCHEDULE:
             await self._set_result(request, "stored")

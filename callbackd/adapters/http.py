@@ -32,6 +32,7 @@ from callbackd.adapters.payloads import (
     submit_lead,
 )
 from callbackd.adapters.tokens import Token, Tokens
+from callbackd.domain.errors import IntakeUnavailable
 from callbackd.domain.intake import IntakeRules, Source
 
 log = structlog.get_logger("callbackd.http")
@@ -46,8 +47,8 @@ _STATUS: dict[RefusalKind, int] = {
 
 
 class Accepted(BaseModel):
-    request_id: int
-    status: Literal["created", "merged", "duplicate"]
+    request_id: int | None  # None while queued (the database was away: stored on local disk)
+    status: Literal["created", "merged", "duplicate", "queued"]
 
 
 class Problem(BaseModel):
@@ -149,6 +150,9 @@ def build_app(
         except LeadRefused as exc:
             log.info("lead.refused", source="http", kind=exc.kind, reason=exc.reason)
             raise HTTPException(_STATUS[exc.kind], exc.reason) from None
+        except IntakeUnavailable as exc:
+            log.error("lead.unavailable", source="http", error=str(exc))
+            raise HTTPException(503, "could not store the request; send it again later") from None
         except Exception:
             log.exception("lead.failed", source="http")
             raise HTTPException(503, "could not store the request; send it again later") from None

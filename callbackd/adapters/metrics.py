@@ -56,6 +56,11 @@ class Live:
     callers_waiting: int = 0
     in_flight: int = 0
     refusals: Mapping[str, int] = field(default_factory=dict)
+    database_up: bool | None = None  # None: not tried yet
+    backlog: int = 0  # contacts and call records not in the database yet (queued or spooled)
+    spooled: int = 0
+    backlog_oldest_s: float = 0.0
+    spool_full: bool = False
 
 
 class _LiveCollector(Collector):
@@ -86,6 +91,27 @@ class _LiveCollector(Collector):
         for reason, n in sorted(now.refusals.items()):
             refusals.add_metric([reason], n)
         yield refusals
+        yield GaugeMetricFamily(
+            "callbackd_database_up",
+            "1 while the intake reaches the database (0 when down, -1 before the first try)",
+            value=-1 if now.database_up is None else int(now.database_up),
+        )
+        yield GaugeMetricFamily(
+            "callbackd_intake_backlog", "Contacts and call records not yet in the database", value=now.backlog
+        )
+        yield GaugeMetricFamily(
+            "callbackd_intake_spooled", "Items in the local spool waiting for the database", value=now.spooled
+        )
+        yield GaugeMetricFamily(
+            "callbackd_intake_backlog_oldest_seconds",
+            "Age of the oldest item not yet in the database (0 when none)",
+            value=now.backlog_oldest_s,
+        )
+        yield GaugeMetricFamily(
+            "callbackd_spool_full",
+            "1 while the spool is full and new leads are refused",
+            value=now.spool_full,
+        )
 
 
 class Metrics:

@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from callbackd.adapters.payloads import LeadForm, LeadRefused, Submit, parse_lead, submit_lead
+from callbackd.domain.errors import IntakeUnavailable
 from callbackd.domain.intake import IntakeRules, Source
 
 if TYPE_CHECKING:
@@ -112,6 +113,14 @@ class MqttIntake:
         except LeadRefused as exc:
             log.info("lead.refused", source="mqtt", kind=exc.kind, reason=exc.reason)
             reply = {"ok": False, "error": exc.reason, "code": exc.kind}
+        except IntakeUnavailable as exc:
+            log.error("lead.unavailable", source="mqtt", error=str(exc))
+            reply = {
+                "ok": False,
+                "error": "could not be stored now; send it again later",
+                "code": "unavailable",
+            }
+            settled = False  # neither stored nor spooled: the broker keeps it and sends it again
         except Exception:
             log.exception("lead.failed", source="mqtt")
             reply = {"ok": False, "error": INTERNAL_ERROR, "code": "internal"}

@@ -32,7 +32,8 @@ _LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 Submit = Callable[[Contact], Awaitable[ContactResult]]
 RefusalKind = Literal["too_large", "malformed", "invalid", "blocked", "rate_limited"]
-Status = Literal["created", "merged", "duplicate"]
+# queued: safe in the local spool while the database is away; its request id comes later.
+Status = Literal["created", "merged", "duplicate", "queued"]
 
 
 class LeadForm(BaseModel):
@@ -115,7 +116,7 @@ class LeadRefused(Exception):
 
 @dataclass(frozen=True)
 class LeadAccepted:
-    request_id: int
+    request_id: int | None
     status: Status
 
 
@@ -186,6 +187,8 @@ async def submit_lead(
     result = await submit(contact)
     if result.disposition is Disposition.RATE_LIMITED:
         raise LeadRefused("rate_limited", "too many callback requests; try again later")
+    if result.spooled:
+        return LeadAccepted(None, "queued")
     if result.request_id is None:
         raise RuntimeError(f"contact {result.contact_id} stored without a request")
     status: Status = "duplicate" if result.duplicate else "merged" if result.merged else "created"

@@ -31,6 +31,74 @@ def write(path: Path, data: dict[str, Any]) -> None:
         f.write("\n")
 
 
+def snapshot(
+    *,
+    version: str,
+    node: str,
+    state: str,
+    started_at: datetime,
+    reloaded_at: datetime | None,
+    ami_address: str,
+    ami: Any,
+    pool: Any,
+    runs: list[Any],
+    intake: Any,
+    last_error: Any,
+    show_number: Any,
+    now: datetime,
+) -> dict[str, Any]:
+    """What `callbackd status` shows that only the running daemon knows."""
+    backlog = intake.backlog() if intake is not None else None
+    return {
+        "version": version,
+        "pid": os.getpid(),
+        "node": node,
+        "state": state,
+        "started_at": started_at.isoformat(),
+        "reloaded_at": reloaded_at.isoformat() if reloaded_at else None,
+        "ami": {
+            "address": ami_address,
+            "connected": bool(ami is not None and ami.connected),
+            "reconnects": getattr(ami, "reconnects", 0) if ami is not None else 0,
+            "last_error": getattr(ami, "last_error", None) if ami is not None else None,
+        },
+        "operators": {
+            "members": len(pool.members),
+            "free": [{"interface": m.interface, "name": m.name} for m in pool.free(now.timestamp())],
+        },
+        "callers_waiting": pool.callers_waiting(),
+        "in_flight": [
+            {
+                "request_id": r.request_id,
+                "attempt_id": r.attempt_id,
+                "try_no": r.try_no,
+                "operator": r.operator,
+                "number": show_number(r.number),
+            }
+            for r in runs
+        ],
+        "refusals": dict(intake.refusals) if intake is not None else {},
+        "intake": _intake(backlog, now),
+        "last_error": last_error,
+    }
+
+
+def _intake(backlog: Any, now: datetime) -> dict[str, Any]:
+    if backlog is None:
+        return {"database": "unknown", "backlog": 0, "oldest_age_s": None, "spooled": 0, "spool_full": False}
+    link = backlog.link
+    return {
+        "database": "unknown" if link.up is None else "up" if link.up else "down",
+        "database_since": link.since.isoformat() if link.since else None,
+        "database_error": link.error,
+        "backlog": backlog.items,
+        "queued": backlog.queued,
+        "spooled": backlog.spooled,
+        "oldest_age_s": round((now - backlog.oldest).total_seconds(), 1) if backlog.oldest else None,
+        "spool_full": backlog.spool_full,
+    }
+
+
 def read(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -143,6 +211,20 @@ def render(rep: dict[str, Any], now: datetime) -> str:
                 f"  operators free   {len(free)} of {ops.get('members', 0)}" + (f": {names}" if names else "")
             )
             lines.append(f"  callers waiting  {d.get('callers_waiting', 0)}")
+            intake = d.get("intake") or {}
+            link = intake.get("database", "unknown")
+            since = (
+                f" since {intake['database_since']}"
+                if link == "down" and intake.get("database_since")
+                else ""
+            )
+            lines.append(f"  database link    {link.upper() if link == 'down' else link}{since}")
+            backlog = f"  intake backlog   {intake.get('backlog', 0)} item(s)"
+            if intake.get("backlog"):
+                backlog += f" ({intake.get('spooled', 0)} spooled), oldest {intake.get('oldest_age_s')} s"
+            if intake.get("spool_full"):
+                backlog += ": SPOOL FULL, new leads refused"
+            lines.append(backlog)
             flights = d.get("in_flight", [])
             lines.append(f"  calls in flight  {len(flights)}")
             for f in flights:

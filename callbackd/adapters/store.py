@@ -67,6 +67,8 @@ class ContactResult:
     merged: bool = False
     # What was decided for this contact; None for a duplicate (decided when first seen).
     disposition: Disposition | None = None
+    # Safe in the local spool, not yet in the database (so no ids yet).
+    spooled: bool = False
 
 
 @dataclass(frozen=True)

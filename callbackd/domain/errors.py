@@ -52,3 +52,7 @@ class IllegalTransition(DomainError):
     def __init__(self, machine: str, status: str, event: str) -> None:
         self.machine, self.status, self.event = machine, status, event
         super().__init__(f"{machine} in status {status!r} cannot take {event!r}")
+
+
+class IntakeUnavailable(RuntimeError):
+    """A contact neither stored nor spooled: the database is unreachable and the spool is full."""

@@ -8,6 +8,7 @@ restarts, they are not billing.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -86,6 +87,16 @@ class RateLimiter:
         while len(self._events) > self.max_keys:
             self._events.popitem(last=False)
 
+    def forget(self, key: Hashable, at: datetime) -> None:
+        """Take back one event counted at *at* (a slot given back because nothing was opened)."""
+        events = self._events.get(key)
+        if events is None:
+            return
+        with contextlib.suppress(ValueError):
+            events.remove(at)
+        if not events:
+            del self._events[key]
+
     def allow(self, key: Hashable, now: datetime) -> bool:
         """Count the event and return True if it fits; refuse it (counting nothing) otherwise."""
         if not self.would_allow(key, now):
@@ -154,9 +165,25 @@ class AbuseGuard:
         return None
 
     def new_request_opened(self, number: str, now: datetime) -> None:
-        """Count a request that was opened (call it only once it is stored)."""
+        """Count a request that was opened outside :meth:`take` (records, never refuses)."""
         self.per_number.record(number, now)
         self.overall.record(None, now)
+
+    def take(self, number: str, now: datetime) -> str | None:
+        """Check and count one new request for ``number`` in one step: the refusal, or None and a slot taken.
+
+        Called before any await, so concurrent contacts cannot all pass the check before
+        one of them is counted. A slot not used (the contact merged, was a duplicate or
+        was not stored) goes back with :meth:`give_back`.
+        """
+        refusal = self.new_request_refusal(number, now)
+        if refusal is None:
+            self.new_request_opened(number, now)
+        return refusal
+
+    def give_back(self, number: str, taken_at: datetime) -> None:
+        self.per_number.forget(number, taken_at)
+        self.overall.forget(None, taken_at)
 
     def attempts_left(self, now: datetime) -> int | None:
         """Attempts the dialer may still start in the last hour's window; None when uncapped."""

@@ -2,7 +2,7 @@
 
 The bytes go through panoramisk's real parser (:class:`SafeAmiProtocol`) and the real
 Manager dispatch into ``AmiClient._dispatch``, then ``Daemon.on_event`` (operator pool,
-dialer, missed-call detector) and ``Daemon._handle`` (decide, abuse limits, a real SQLite
+dialer, missed-call detector) and the intake service (decide, abuse limits, a real SQLite
 store). Only the socket is missing: a recording transport stands in for it, and nothing
 connects to an Asterisk.
 """
@@ -13,24 +13,23 @@ import asyncio
 import itertools
 import re
 from collections import deque
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from daemonkit import built_daemon, daemon_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from panoramisk.ami_protocol import AMIProtocol
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from callbackd.adapters import db
 from callbackd.adapters import models as m
 from callbackd.adapters.ami import MAX_PENDING, AmiClient, SafeAmiProtocol, to_dict
-from callbackd.adapters.store import Store
-from callbackd.app import CLAIM_LEASE, Daemon
+from callbackd.app import Daemon
 from callbackd.config import Config
 from callbackd.dialer import Dialer
-from callbackd.domain.calendar import BusinessCalendar
-from callbackd.domain.ladder import Schedule
 from callbackd.domain.operators import OperatorPool
 
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -243,28 +242,17 @@ def attach(client: AmiClient, protocol_class: type[AMIProtocol] = SafeAmiProtoco
     return protocol
 
 
-async def build(url: str) -> Daemon:
-    engine = db.make_engine(url)
-    await db.upgrade(engine)
-    cfg = Config.model_validate({"database": {"url": url}})
-    d = Daemon(cfg)
-    d.store = Store(
-        engine,
-        node="fuzz",
-        schedule=Schedule(calendar=BusinessCalendar.always_open("UTC")),
-        claim_lease=CLAIM_LEASE,
-    )
-    d.ami = AmiClient(host="127.0.0.1", port=1, username="u", secret="s", on_event=d.on_event)
+async def build(tmp_path: Path, stack: AsyncExitStack) -> Daemon:
+    cfg = daemon_config(tmp_path, schedule={"hours": {"mon-sun": "00:00-24:00"}})
+    d = await stack.enter_async_context(built_daemon(cfg, ami=RecordingAmi()))
     d.ami.manager.connect = lambda *a, **k: None  # type: ignore[method-assign]  # no Asterisk: never reconnect
-    d.dialer = Dialer(cfg.dialer, d.store, RecordingAmi(), d.pool)  # type: ignore[arg-type]
     return d
 
 
 async def drain(d: Daemon) -> None:
-    """What the intake worker does, minus its catch-all: any exception fails the test."""
-    while not d.intake.empty():
-        item = d.intake.get_nowait()
-        await d._handle(item)
+    """Until the intake's writer has handled every item; anything it failed to store is in the spool."""
+    await d.intake.idle()
+    assert not len(d.intake.spool), [s.item for s in d.intake.spool.items]
 
 
 async def stored(d: Daemon) -> tuple[list[Any], list[Any], list[Any]]:
@@ -295,7 +283,8 @@ def check_originate(fields: dict[str, Any]) -> None:
 
 def test_ami_bytes_never_crash_store_garbage_or_dial_a_bad_number(tmp_path):
     with asyncio.Runner() as runner:
-        d = runner.run(build(f"sqlite+aiosqlite:///{tmp_path}/fuzz.db"))
+        stack = AsyncExitStack()
+        d = runner.run(build(tmp_path, stack))
         seq = iter(range(10**9))
 
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -344,8 +333,7 @@ def test_ami_bytes_never_crash_store_garbage_or_dial_a_bad_number(tmp_path):
             for fields in originates:
                 check_originate(fields)
         finally:
-            runner.run(d.ami.close())
-            runner.run(d.store.engine.dispose())
+            runner.run(stack.aclose())
 
 
 async def test_a_bad_message_is_dropped_not_the_connection_and_not_its_neighbours(sqlite_url):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -28,3 +29,8 @@ async def counts(store: Store) -> tuple[int, int]:
         contacts = (await s.execute(select(func.count()).select_from(m.Contact))).scalar_one()
         requests = (await s.execute(select(func.count()).select_from(m.Request))).scalar_one()
     return contacts, requests
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]

@@ -12,14 +12,10 @@ from contextlib import AsyncExitStack
 import aiomqtt
 import httpx
 import pytest
+from daemonkit import built_daemon, daemon_config
 from leadkit import TOKEN
 
-from callbackd.adapters import db
-from callbackd.adapters.ami import AmiClient
-from callbackd.adapters.store import Store
-from callbackd.app import CLAIM_LEASE, Daemon
-from callbackd.config import HTTP_TOKEN_ENV, Config
-from callbackd.dialer import Dialer
+from callbackd.config import HTTP_TOKEN_ENV
 
 
 def free_port() -> int:
@@ -28,24 +24,16 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def daemon(sqlite_url, monkeypatch):
+async def daemon(tmp_path, monkeypatch):
     monkeypatch.setenv(HTTP_TOKEN_ENV, TOKEN)
     base = f"callbackd-test/{uuid.uuid4().hex}"
-    cfg = Config.model_validate(
-        {
-            "database": {"url": sqlite_url},
-            "http": {"enabled": True, "port": free_port()},
-            "mqtt": {"enabled": True, "topic": f"{base}/leads", "reply_topic": f"{base}/reply"},
-        }
+    cfg = daemon_config(
+        tmp_path,
+        http={"enabled": True, "port": free_port()},
+        mqtt={"enabled": True, "topic": f"{base}/leads", "reply_topic": f"{base}/reply"},
     )
-    d = Daemon(cfg)
-    engine = db.make_engine(cfg.database.url)
-    await db.upgrade(engine)
-    d.store = Store(engine, node="t", schedule=cfg.schedule_rules(), claim_lease=CLAIM_LEASE)
-    d.ami = AmiClient(host="127.0.0.1", port=1, username="u", secret="s", on_event=d.on_event)
-    d.dialer = Dialer(cfg.dialer, d.store, d.ami, d.pool)
-    yield d
-    await engine.dispose()
+    async with built_daemon(cfg) as d:
+        yield d
 
 
 async def test_http_and_mqtt_reach_daemon_submit_and_stop_with_the_stack(daemon):

@@ -18,6 +18,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+from daemonkit import built_daemon, daemon_config
 from leadkit import NOW, RULES, TOKEN, counts
 from panoramisk.message import Message
 from sqlalchemy import select, update
@@ -73,14 +74,16 @@ VALID = "2025550123"
 
 
 @pytest.fixture
-async def daemon(lead_store):
-    """The real Daemon.submit on the lead store; AMI never connected, the dialer only woken."""
-    cfg = Config()
-    d = Daemon(cfg)
-    d.rules = RULES
-    d.store = lead_store
-    d.dialer = Dialer(cfg.dialer, lead_store, None, d.pool)  # type: ignore[arg-type]
-    return d
+async def daemon(tmp_path):
+    """The daemon's own intake on a real SQLite store, under the leadkit RULES; AMI never connected."""
+    numbers = {
+        "blacklist": sorted(RULES.numbers.blacklist),
+        "blocked_prefixes": list(RULES.numbers.blocked_prefixes),
+    }
+    cfg = daemon_config(tmp_path, numbers=numbers, schedule={"hours": {"mon-sun": "00:00-24:00"}})
+    async with built_daemon(cfg) as d:
+        assert d.rules == RULES
+        yield d
 
 
 async def stored_rows(store: Store) -> tuple[list[Any], list[Any]]:
@@ -271,8 +274,7 @@ async def feed_call(d: Daemon, linkedid: str, number: str, name: str) -> None:
         ami_event("Event: Hangup", *ids),
     ):
         d.on_event(ev)
-    while not d.intake.empty():
-        await d._handle(d.intake.get_nowait())
+    await d.intake.idle()
 
 
 # CR LF ends an AMI header line, so on the wire it cannot be inside a value (see the next test).

@@ -6,34 +6,32 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomqtt
 import httpx
 import pytest
-from leadkit import TOKEN, counts
+from daemonkit import built_daemon, daemon_config
+from leadkit import TOKEN, counts, free_port
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from callbackd.adapters import db
 from callbackd.adapters import models as m
 from callbackd.adapters.agi import CallbackAgi
-from callbackd.adapters.ami import AmiClient
 from callbackd.adapters.http import build_app
 from callbackd.adapters.mqtt import MqttIntake
-from callbackd.adapters.store import Store
-from callbackd.app import CLAIM_LEASE, Daemon
+from callbackd.app import Daemon
 from callbackd.config import Config
 from callbackd.dialer import Dialer
-from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.intake import Contact, Disposition, IntakeRules, Source, decide
-from callbackd.domain.ladder import Schedule
 from callbackd.domain.limits import GLOBAL_RATE, NUMBER_RATE, AbuseGuard, AbuseLimits
 from callbackd.domain.operators import OperatorPool
 from callbackd.domain.states import RequestEvent
 
 NUMBER = "+12025550123"
+ALWAYS = {"hours": {"mon-sun": "00:00-24:00"}}
 AT = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
 
@@ -50,31 +48,16 @@ class RecordingAmi:
         return asyncio.get_running_loop().create_future()
 
 
-async def make_daemon(url: str, limits: dict[str, Any], **cfg: Any) -> Daemon:
-    config = Config.model_validate({"database": {"url": url}, "limits": limits, **cfg})
-    d = Daemon(config)
-    engine = db.make_engine(url)
-    await db.upgrade(engine)
-    schedule = Schedule(calendar=BusinessCalendar.always_open("UTC"))
-    d.store = Store(engine, node="t", schedule=schedule, claim_lease=CLAIM_LEASE)
-    d.ami = AmiClient(host="127.0.0.1", port=1, username="u", secret="s", on_event=d.on_event)
-    d.dialer = Dialer(config.dialer, d.store, RecordingAmi(), d.pool, guard=d.guard)  # type: ignore[arg-type]
-    return d
-
-
 @pytest.fixture
-async def daemon_factory(sqlite_url):
-    made: list[Daemon] = []
+async def daemon_factory(tmp_path):
+    """Daemons built as the service builds them, on one SQLite file, dialling through RecordingAmi."""
+    async with AsyncExitStack() as stack:
 
-    async def factory(limits: dict[str, Any], **cfg: Any) -> Daemon:
-        d = await make_daemon(sqlite_url, limits, **cfg)
-        made.append(d)
-        return d
+        async def factory(limits: dict[str, Any], **cfg: Any) -> Daemon:
+            config = daemon_config(tmp_path, limits=limits, schedule=ALWAYS, **cfg)
+            return await stack.enter_async_context(built_daemon(config, ami=RecordingAmi()))
 
-    yield factory
-    for d in made:
-        await d.dialer.close()
-        await d.store.engine.dispose()
+        yield factory
 
 
 def call(ref: str, number: str = NUMBER, source: Source = Source.AMI) -> Contact:
@@ -257,3 +240,38 @@ async def test_agi_tells_a_rate_limited_caller_blocked_and_keeps_the_contact(dae
     assert "SET VARIABLE CB_RESULT blocked" in second.sent
     assert await counts(d.store) == (2, 1)
     assert d.refusals == {NUMBER_RATE: 1}
+
+
+async def test_concurrent_http_leads_cannot_pass_the_global_limit_together(daemon_factory, monkeypatch):
+    """100 leads at once over the real HTTP listener, global limit 5: the slots are taken before any
+    await, so exactly 5 requests open and 95 get 429 (it used to be: all 100 checked, then all stored)."""
+    monkeypatch.setenv("CALLBACKD_HTTP_TOKEN", TOKEN)
+    port = free_port()
+    d = await daemon_factory(
+        {"new_requests_global": 5, "new_requests_per_number": 0}, http={"enabled": True, "port": port}
+    )
+    async with AsyncExitStack() as stack:
+        await d._start_lead_intake(stack)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=auth, limits=limits
+        ) as client:
+            answers = await asyncio.gather(
+                *(client.post("/v1/callbacks", json={"phone": f"20255501{i:02d}"}) for i in range(100))
+            )
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [202] * 5 + [429] * 95, codes
+    assert await counts(d.store) == (5, 5)
+    assert d.refusals == {GLOBAL_RATE: 95}
+
+
+async def test_a_slot_not_used_is_given_back(daemon_factory):
+    """A contact that merges, repeats or is not stored gives its slot back for the next new number."""
+    d = await daemon_factory({"new_requests_global": 2, "new_requests_per_number": 0})
+    assert (await d.submit(call("a", "+12025550123"))).created
+    assert (await d.submit(call("a", "+12025550123"))).duplicate
+    assert (await d.submit(call("a2", "+12025550123"))).merged
+    assert (await d.submit(call("b", "+13125550188"))).created
+    assert (await d.submit(call("c", "+14155550100"))).disposition is Disposition.RATE_LIMITED
+    assert d.refusals == {GLOBAL_RATE: 1}

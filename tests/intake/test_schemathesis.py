@@ -8,27 +8,24 @@ import asyncio
 import re
 import threading
 from collections.abc import Coroutine, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
+from daemonkit import built_daemon, daemon_config
 from hypothesis import HealthCheck, settings
 from leadkit import TOKEN
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from sqlalchemy import select
 
-from callbackd.adapters import api, db
+from callbackd.adapters import api
 from callbackd.adapters import models as m
 from callbackd.adapters.http import HttpServer, build_app
 from callbackd.adapters.reports import ReportSettings
-from callbackd.adapters.store import Store
 from callbackd.adapters.tokens import Token, Tokens
-from callbackd.app import CLAIM_LEASE, Daemon
-from callbackd.config import Config
-from callbackd.dialer import Dialer
-from callbackd.domain.calendar import BusinessCalendar
-from callbackd.domain.ladder import Schedule
 
 EVERYTHING = "schemathesis-token-0123456789abcdef"  # intake and admin: every route is exercised
 AUTH = {"Authorization": f"Bearer {EVERYTHING}"}
@@ -39,8 +36,8 @@ UNSAFE_IN_NAMES = set('"<>;&${}\r\n')
 class Served:
     """The intake on its own event loop in a thread: schemathesis calls it synchronously."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="served-intake", daemon=True)
         self.thread.start()
@@ -49,27 +46,25 @@ class Served:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
 
     async def start(self) -> None:
-        cfg = Config.model_validate({"database": {"url": self.url}})
-        self.daemon = d = Daemon(cfg)
-        engine = db.make_engine(self.url)
-        await db.upgrade(engine)
-        schedule = Schedule(calendar=BusinessCalendar.always_open("UTC"))
-        d.store = Store(engine, node="st", schedule=schedule, claim_lease=CLAIM_LEASE)
-        d.dialer = Dialer(cfg.dialer, d.store, None, d.pool)  # type: ignore[arg-type]  # only woken
+        self.stack = AsyncExitStack()
+        cfg = daemon_config(self.tmp, schedule={"hours": {"mon-sun": "00:00-24:00"}})
+        self.daemon = d = await self.stack.enter_async_context(built_daemon(cfg))
         tokens = Tokens(
             [
                 Token("http", TOKEN.encode(), frozenset({"intake"})),
                 Token("all", EVERYTHING.encode(), frozenset({"intake", "admin"})),
             ]
         )
-        routes = api.router(d.store, tokens, db_url=self.url, settings=ReportSettings.from_config(cfg))
+        routes = api.router(
+            d.store, tokens, db_url=cfg.database.url, settings=ReportSettings.from_config(cfg)
+        )
         app = build_app(d.submit, TOKEN, d.rules, tokens=tokens, extra_routers=[routes])
         self.server = HttpServer(app, "127.0.0.1", 0)
         await self.server.start()
 
     async def stop(self) -> None:
         await self.server.stop()
-        await self.daemon.store.engine.dispose()
+        await self.stack.aclose()
 
     async def stored(self) -> tuple[list[Any], list[Any]]:
         async with self.daemon.store.session() as s:
@@ -80,7 +75,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    served = Served(f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('schemathesis')}/intake.db")
+    served = Served(tmp_path_factory.mktemp("schemathesis"))
     served.call(served.start())
     try:
         yield served

@@ -28,14 +28,11 @@ import aiomqtt
 import httpx
 import pytest
 import structlog
+from daemonkit import built_daemon
 
 from callbackd import logs
-from callbackd.adapters import db
 from callbackd.adapters.ami import AmiClient, AmiNotConnected
-from callbackd.adapters.store import Store
-from callbackd.app import CLAIM_LEASE, Daemon
 from callbackd.config import HTTP_TOKEN_ENV, Config
-from callbackd.dialer import Dialer
 
 AMI_SECRET = "ami-secret-7Hq2ZsQ0vXw9"
 AMI_FILE_SECRET = "ami-file-secret-Lp3Nb8Rt"
@@ -199,6 +196,10 @@ async def test_intake_and_ami_login_at_debug_level_log_no_secret(tmp_path, monke
             {
                 "ami": {"port": ami_port, "secret": AMI_SECRET},
                 "database": {"url": f"sqlite+aiosqlite:///{tmp_path}/cb.db"},
+                "service": {
+                    "spool_file": f"{tmp_path}/spool.jsonl",
+                    "status_file": f"{tmp_path}/status.json",
+                },
                 "http": {"enabled": True, "port": free_port(), "token": HTTP_TOKEN},
                 "mqtt": {
                     "enabled": True,
@@ -209,47 +210,42 @@ async def test_intake_and_ami_login_at_debug_level_log_no_secret(tmp_path, monke
                 },
             }
         )
-        d = Daemon(cfg)
-        engine = db.make_engine(cfg.database.url)
-        await db.upgrade(engine)
-        d.store = Store(engine, node="t", schedule=cfg.schedule_rules(), claim_lease=CLAIM_LEASE)
-        d.ami = AmiClient(
-            host="127.0.0.1",
-            port=ami_port,
-            username="callbackd",
-            secret=cfg.ami_secret(),
-            on_event=d.on_event,
-            reconnect_delay=0.2,
-        )
-        d.dialer = Dialer(cfg.dialer, d.store, d.ami, d.pool)
-        try:
-            with pytest.raises(AmiNotConnected):
-                await d.ami.start(1.5)  # logs in, is hung up on, reconnects: all at debug level
-        finally:
-            await d.ami.close()
-        async with AsyncExitStack() as stack:
-            await d._start_lead_intake(stack)
-            base = f"http://{cfg.http.host}:{cfg.http.port}"
-            async with httpx.AsyncClient(base_url=base) as client:
-                for token in (HTTP_TOKEN, HTTP_TOKEN[:-1], HTTP_TOKEN + "x", None):
-                    r = await client.post(
-                        "/v1/callbacks",
-                        json={"phone": "2025550123"},
-                        headers={"Authorization": f"Bearer {token}"} if token else {},
-                    )
-                    assert r.status_code == (202 if token == HTTP_TOKEN else 401)
-            async with aiomqtt.Client("127.0.0.1", 1883, protocol=aiomqtt.ProtocolVersion.V5) as peer:
-                await peer.subscribe(cfg.mqtt.reply_topic, qos=1)
-                async with asyncio.timeout(10):
-                    while True:  # the intake may still be connecting
-                        await peer.publish(cfg.mqtt.topic, b'{"phone": "2025550123", "id": "s1"}', qos=1)
-                        try:
-                            async with asyncio.timeout(0.5):
-                                await anext(aiter(peer.messages))
-                            break
-                        except TimeoutError:
-                            continue
-        await engine.dispose()
+        async with built_daemon(cfg) as d:
+            d.ami = AmiClient(
+                host="127.0.0.1",
+                port=ami_port,
+                username="callbackd",
+                secret=cfg.ami_secret(),
+                on_event=d.on_event,
+                reconnect_delay=0.2,
+            )
+            try:
+                with pytest.raises(AmiNotConnected):
+                    await d.ami.start(1.5)  # logs in, is hung up on, reconnects: all at debug level
+            finally:
+                await d.ami.close()
+            async with AsyncExitStack() as stack:
+                await d._start_lead_intake(stack)
+                base = f"http://{cfg.http.host}:{cfg.http.port}"
+                async with httpx.AsyncClient(base_url=base) as client:
+                    for token in (HTTP_TOKEN, HTTP_TOKEN[:-1], HTTP_TOKEN + "x", None):
+                        r = await client.post(
+                            "/v1/callbacks",
+                            json={"phone": "2025550123"},
+                            headers={"Authorization": f"Bearer {token}"} if token else {},
+                        )
+                        assert r.status_code == (202 if token == HTTP_TOKEN else 401)
+                async with aiomqtt.Client("127.0.0.1", 1883, protocol=aiomqtt.ProtocolVersion.V5) as peer:
+                    await peer.subscribe(cfg.mqtt.reply_topic, qos=1)
+                    async with asyncio.timeout(10):
+                        while True:  # the intake may still be connecting
+                            await peer.publish(cfg.mqtt.topic, b'{"phone": "2025550123", "id": "s1"}', qos=1)
+                            try:
+                                async with asyncio.timeout(0.5):
+                                    await anext(aiter(peer.messages))
+                                break
+                            except TimeoutError:
+                                continue
     text = json_logs.getvalue()
     for event in ("ami.disconnected", "http.listening", "mqtt.subscribed", "request.stored"):
         assert f'"event": "{event}"' in text, event

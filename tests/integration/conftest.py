@@ -178,3 +178,15 @@ def fresh(lab):
     lab.pstn("--ring", "0.5")
     for op in ("op1", "op2"):
         lab.pause(op, on=False)
+
+
+@pytest.fixture
+def paused(lab):
+    """Operators paused in the support queue: every inbound call there is missed, nobody is dialled."""
+    lab.operator("op1,op2", "answer")
+    lab.pstn("--reset")
+    for op in ("op1", "op2"):
+        lab.pause(op)
+    yield
+    for op in ("op1", "op2"):
+        lab.pause(op, on=False)

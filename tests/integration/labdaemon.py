@@ -79,6 +79,7 @@ def lab_config(
     )
     text = text.replace('format = "console"', 'format = "json"')
     text = text.replace("/tmp/callbackd-lab/status.json", f"{tmp_path}/status.json")
+    text = text.replace("/tmp/callbackd-lab/spool.jsonl", f"{tmp_path}/spool.jsonl")
     for old, new in {**active_profile().config, **(replace or {})}.items():
         assert old in text, old
         text = text.replace(old, new)

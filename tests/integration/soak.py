@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Soak: random inbound traffic and web leads on the lab while the daemon is killed, Asterisk and
-Mosquitto are restarted and the database is locked; then an invariant checker over what happened.
+Mosquitto are restarted and the database goes away (SQLite: locked for 40 s by another connection;
+PostgreSQL: ALLOW_CONNECTIONS false and its sessions killed, for 40 s); then an invariant checker.
 
-    python tests/integration/soak.py --calls 500 --kills 10          # the full soak (about 15 min)
-    tests/integration/test_soak.py                                    # the CI-sized one, through pytest
+    python tests/integration/soak.py --calls 500 --kills 10                  # the full soak (about 15 min)
+    python tests/integration/soak.py --calls 500 --kills 10 --database postgresql
+    tests/integration/test_soak.py                              # the CI-sized one, through pytest
 
 The checker reads three independent records: an AMI connection of its own (the lab's admin user),
 the daemon's JSON logs (every process, killed ones included) and the database.
@@ -36,6 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from labdaemon import DaemonProcess, lab_config  # noqa: E402
 
+sys.path.insert(0, str(HERE.parent))
+from dbfaults import SqliteLock, pg_outage  # noqa: E402
+
 from callbackd.adapters.ami import AmiClient  # noqa: E402
 from callbackd.domain.calendar import BusinessCalendar  # noqa: E402
 
@@ -58,7 +63,7 @@ def hours_spec() -> dict[str, list[str]]:
     return {"mon-sun": [s for s in spans if s]}
 
 
-def soak_config(work: Path, topic: str) -> Path:
+def soak_config(work: Path, topic: str, db_url: str | None = None) -> Path:
     hours = json.dumps(hours_spec()["mon-sun"])
     extra = f"""
 [http]
@@ -82,6 +87,7 @@ attempts_per_hour = 5000
 """
     return lab_config(
         work,
+        db_url=db_url,
         extra=extra,
         replace={
             'delays = ["1h", "3h", "6h"]': (
@@ -109,22 +115,34 @@ class Record:
     kills: list[float] = field(default_factory=list)  # wall times
     asterisk_restarts: list[float] = field(default_factory=list)
     mosquitto_restarts: int = 0
-    db_locks: int = 0
+    db_outages: list[tuple[float, float]] = field(default_factory=list)  # wall times
     calls_placed: int = 0
     leads_ok: list[dict] = field(default_factory=list)
     leads_sent: int = 0
 
 
 class Soak:
-    def __init__(self, work: Path, calls: int, kills: int, asterisk_restarts: int, seed: int) -> None:
+    def __init__(
+        self,
+        work: Path,
+        calls: int,
+        kills: int,
+        asterisk_restarts: int,
+        seed: int,
+        *,
+        pg_url: str | None = None,
+        outage: float = 40.0,
+    ) -> None:
         self.work = work
         self.calls = calls
         self.kills = kills
         self.asterisk_restarts = asterisk_restarts
         self.rng = random.Random(seed)
         self.topic = f"callbackd-soak/{uuid.uuid4().hex[:8]}"
-        self.config = soak_config(work, self.topic)
-        self.db_path = work / "callbackd.db"
+        self.pg_url = pg_url  # None: SQLite in the work directory
+        self.outage_s = outage
+        self.config = soak_config(work, self.topic, pg_url)
+        self.db_path = work / "callbackd.db"  # with PostgreSQL: a copy made for the checker
         self.rec = Record()
         self.daemon: DaemonProcess | None = None
         self.sipp: list[subprocess.Popen[str]] = []
@@ -161,18 +179,16 @@ class Soak:
         await asyncio.to_thread(restart)
         self.rec.mosquitto_restarts += 1
 
-    async def lock_database(self, seconds: float = 3.0) -> None:
-        def hold() -> None:
-            con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-            try:
-                con.execute("BEGIN EXCLUSIVE")
-                time.sleep(seconds)
-                con.execute("ROLLBACK")
-            finally:
-                con.close()
-
-        await asyncio.to_thread(hold)
-        self.rec.db_locks += 1
+    async def database_outage(self) -> None:
+        """The database away for outage_s while traffic goes on: a SQLite lock, or PostgreSQL refusing."""
+        start = time.time()
+        if self.pg_url is None:
+            with SqliteLock(self.db_path, self.outage_s).held():
+                pass
+        else:
+            async with pg_outage(self.pg_url):
+                await asyncio.sleep(self.outage_s)
+        self.rec.db_outages.append((start, time.time()))
 
     # -- traffic ---------------------------------------------------------------------
 
@@ -221,7 +237,8 @@ class Soak:
         )
         free = sorted(set(range(5, n - 2)) - kill_at - restart_at)
         mosquitto_at = self.rng.choice(free) if free else None
-        lock_at = self.rng.choice(free) if free else None
+        outage_at = self.rng.choice(free) if free else None
+        outage: asyncio.Task[None] | None = None
         for i in range(n):
             await asyncio.to_thread(self.place_call)
             if i % 7 == 3:
@@ -235,23 +252,27 @@ class Soak:
                 await self.restart_asterisk()
             if i == mosquitto_at:
                 await self.restart_mosquitto()
-            if i == lock_at:
-                await self.lock_database()
+            if i == outage_at:
+                outage = asyncio.create_task(self.database_outage())  # traffic goes on meanwhile
             await asyncio.sleep(rate)
+        if outage is not None:
+            await outage
 
     async def settle(self, timeout: float) -> bool:
         """Wait until no request is open or dialling and no call is up."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(3)
-            con = sqlite3.connect(self.db_path, timeout=30)
-            try:
-                open_n = con.execute(
-                    "SELECT count(*) FROM requests WHERE status IN ('open','dialling')"
-                ).fetchone()[0]
-            finally:
-                con.close()
-            if open_n == 0:
+            query = "SELECT count(*) FROM requests WHERE status IN ('open','dialling')"
+            if self.pg_url is None:
+                con = sqlite3.connect(self.db_path, timeout=30)
+                try:
+                    open_n = con.execute(query).fetchone()[0]
+                finally:
+                    con.close()
+            else:
+                open_n = (await pg_fetch(self.pg_url, query))[0][0]
+            if open_n == 0 and not spool_lines(self.work):
                 return True
         return False
 
@@ -280,6 +301,8 @@ class Soak:
         finally:
             code = self.daemon.stop() if self.daemon else None
             await watch.close()
+        if self.pg_url is not None:
+            await pg_to_sqlite(self.pg_url, self.db_path)
         report = Checker(self).check()
         report.update(
             seconds=round(time.time() - started, 1),
@@ -314,6 +337,7 @@ class Checker:
     def check(self) -> dict:
         calls = self.inbound_calls()
         self.check_missed_calls(calls)
+        self.check_abandons(calls)
         self.check_no_overlap()
         self.check_hours_and_max()
         self.check_accepted()
@@ -334,7 +358,13 @@ class Checker:
             "kills": len(self.rec.kills),
             "asterisk_restarts": len(self.rec.asterisk_restarts),
             "mosquitto_restarts": self.rec.mosquitto_restarts,
-            "db_locks": self.rec.db_locks,
+            "database": "postgresql" if self.s.pg_url else "sqlite",
+            "db_outages": len(self.rec.db_outages),
+            "db_outage_seconds": [round(b - a, 1) for a, b in self.rec.db_outages],
+            "abandons_checked": self.abandons_checked,
+            "abandons_during_outage": self.abandons_in_outage,
+            "spool_replays": sum(len(d.events("spool.replayed")) for d in self.rec.daemons),
+            "left_in_spool": len(spool_lines(self.s.work)),
             "daemon_processes": len(self.rec.daemons),
             "violations": {k: len(v) for k, v in self.violations.items()},
             "violation_examples": {k: v[:3] for k, v in self.violations.items() if v},
@@ -404,6 +434,34 @@ class Checker:
                 self.violations["scheduled_contact_without_request"].append(lid)
             if row["disposition"] not in ("schedule", "short", "rate_limited"):
                 self.violations["unexpected_disposition"].append((lid, row["disposition"]))
+
+    def check_abandons(self, calls: dict[str, dict]) -> None:
+        """Every abandon Asterisk raised while a daemon was attached (the call whole inside one attached
+        window, no Asterisk restart across it) ended in the database: one contact and one call row,
+        database outages included."""
+        wins = self.up_windows()
+        margin = 2.0
+        contacts = defaultdict(int)
+        for row in self.db.execute("SELECT source_ref FROM contacts WHERE source = 'ami'"):
+            contacts[row[0]] += 1
+        call_rows = defaultdict(int)
+        for row in self.db.execute("SELECT linkedid FROM calls"):
+            call_rows[row[0]] += 1
+        self.abandons_checked = self.abandons_in_outage = 0
+        for lid, c in calls.items():
+            if c["abandon_hold"] is None or c["answered"] or c["end"] is None:
+                continue
+            if not any(a + margin <= c["start"] and c["end"] <= b - margin for a, b in wins):
+                continue
+            if any(c["start"] - 5 <= r <= c["end"] + 5 for r in self.rec.asterisk_restarts):
+                continue
+            self.abandons_checked += 1
+            if any(a <= c["end"] <= b for a, b in self.rec.db_outages):
+                self.abandons_in_outage += 1
+            if contacts.get(lid, 0) != 1 or call_rows.get(lid, 0) != 1:
+                self.violations["abandon_not_exactly_once_in_db"].append(
+                    (lid, c["number"], contacts.get(lid, 0), call_rows.get(lid, 0))
+                )
 
     # -- 2. no number in two callbackd calls at once ------------------------------------
 
@@ -498,6 +556,59 @@ class Checker:
             self.violations["attempts_left_in_flight"].append(n)
 
 
+def spool_lines(work: Path) -> list[str]:
+    path = work / "spool.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def pg_fetch(url: str, query: str) -> list:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return list(await conn.fetch(query))
+    finally:
+        await conn.close()
+
+
+async def pg_to_sqlite(url: str, path: Path) -> None:
+    """The soak's tables copied from PostgreSQL into a SQLite file, so the checker reads one kind of database
+    (times as naive UTC ISO strings, as SQLite holds them)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    con = sqlite3.connect(path)
+    try:
+        for table in ("calls", "contacts", "requests", "attempts"):
+            rows = await pg_fetch(url, f"SELECT * FROM {table}")
+            if not rows:
+                cols = [
+                    r[0]
+                    for r in await pg_fetch(
+                        url,
+                        f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}'",
+                    )
+                ]
+                con.execute(f"CREATE TABLE {table} ({', '.join(cols)})")
+                continue
+            cols = list(rows[0].keys())
+            con.execute(f"CREATE TABLE {table} ({', '.join(cols)})")
+            con.executemany(
+                f"INSERT INTO {table} VALUES ({', '.join('?' * len(cols))})",
+                [tuple(_plain(v) for v in r.values()) for r in rows],
+            )
+        con.commit()
+    finally:
+        con.close()
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return value
+
+
 def ts(e: dict) -> float:
     return datetime.fromisoformat(e["timestamp"]).timestamp()
 
@@ -512,6 +623,19 @@ def lab_lock():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+async def run_soak(args: argparse.Namespace, work: Path) -> dict:
+    if args.database == "sqlite":
+        soak = Soak(work, args.calls, args.kills, args.asterisk_restarts, args.seed, outage=args.outage)
+        return await soak.run(args.rate, args.settle)
+    from dbfaults import pg_database
+
+    async with pg_database() as url:
+        soak = Soak(
+            work, args.calls, args.kills, args.asterisk_restarts, args.seed, pg_url=url, outage=args.outage
+        )
+        return await soak.run(args.rate, args.settle)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--calls", type=int, default=500)
@@ -522,6 +646,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=int(time.time()))
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "out" / "soak.json")
+    p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    p.add_argument("--outage", type=float, default=40.0, help="seconds the database is away, once")
     args = p.parse_args()
     work = args.work or Path(f"/tmp/callbackd-soak-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
@@ -529,11 +655,7 @@ def main() -> int:
         was_up = json.loads(lab("status", "--json") or "{}").get("up", False)
         lab("up")
         try:
-            report = asyncio.run(
-                Soak(work, args.calls, args.kills, args.asterisk_restarts, args.seed).run(
-                    args.rate, args.settle
-                )
-            )
+            report = asyncio.run(run_soak(args, work))
         finally:
             if not was_up:
                 lab("down")

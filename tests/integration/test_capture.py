@@ -28,17 +28,6 @@ def contacts(config) -> list[dict]:
     return rows
 
 
-@pytest.fixture
-def paused(lab):
-    lab.operator("op1,op2", "answer")
-    lab.pstn("--reset")
-    for op in ("op1", "op2"):
-        lab.pause(op)
-    yield
-    for op in ("op1", "op2"):
-        lab.pause(op, on=False)
-
-
 async def call(lab, number, hangup_after, to="100", *extra):
     return await asyncio.to_thread(lab.call, number, hangup_after, to, *extra)
 

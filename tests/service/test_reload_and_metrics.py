@@ -14,15 +14,13 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from daemonkit import built_daemon
 from structlog.testing import capture_logs
 
-from callbackd.adapters import db
-from callbackd.adapters.ami import AmiClient
-from callbackd.adapters.store import Finished, Store
-from callbackd.app import CLAIM_LEASE, Daemon
+from callbackd.adapters.store import Finished
+from callbackd.app import Daemon
 from callbackd.config import load
-from callbackd.dialer import Dialer
-from callbackd.domain.detection import CallEnded, CallTrack, MissReason
+from callbackd.domain.detection import Answered, CallEnded, CallTrack, MissReason
 from callbackd.domain.intake import Contact, Disposition, Source
 from callbackd.domain.outcomes import Outcome
 
@@ -35,25 +33,21 @@ def free_port() -> int:
 
 
 def write(path: Path, *, blacklist: str, delays: str, max_concurrent: int, port: int = 5038, extra: str = ""):
+    secret = path.parent / "ami-secret"  # never used: AMI is not connected here
+    secret.write_text("unused\n")
     path.write_text(
-        f'node = "t"\n[ami]\nport = {port}\n'
+        f'node = "t"\n[ami]\nport = {port}\nsecret_file = "{secret}"\n'
         f'[database]\nurl = "sqlite+aiosqlite:///{path.parent}/cb.db"\n'
         f'[numbers]\nblacklist = ["{blacklist}"]\n'
         f"[dialer]\nmax_concurrent = {max_concurrent}\n"
+        f'[service]\nspool_file = "{path.parent}/spool.jsonl"\nstatus_file = "{path.parent}/status.json"\n'
         f'[schedule]\ndelays = [{delays}]\n[schedule.hours]\n"mon-sun" = "00:00-24:00"\n' + extra
     )
     path.chmod(0o600)
 
 
-async def daemon_for(path: Path) -> Daemon:
-    cfg = load(path)
-    d = Daemon(cfg, path)
-    engine = db.make_engine(cfg.database.url)
-    await db.upgrade(engine)
-    d.store = Store(engine, node=cfg.node, schedule=cfg.schedule_rules(), claim_lease=CLAIM_LEASE)
-    d.ami = AmiClient(host="127.0.0.1", port=1, username="u", secret="s", on_event=d.on_event)
-    d.dialer = Dialer(cfg.dialer, d.store, d.ami, d.pool, guard=d.guard)
-    return d
+def daemon_for(path: Path):
+    return built_daemon(load(path), path)
 
 
 def contact(number: str) -> Contact:
@@ -65,8 +59,7 @@ def contact(number: str) -> Contact:
 async def test_reload_swaps_the_live_parts_and_reports_the_rest(tmp_path):
     path = tmp_path / "callbackd.toml"
     write(path, blacklist="+12025550101", delays='"1h", "3h"', max_concurrent=2)
-    d = await daemon_for(path)
-    try:
+    async with daemon_for(path) as d:
         assert (await d.submit(contact("+12025550101"))).disposition is Disposition.BLOCKED
         write(
             path,
@@ -115,8 +108,6 @@ async def test_reload_swaps_the_live_parts_and_reports_the_rest(tmp_path):
         assert "chmod o-rwx" in failed["errors"][0]
         assert "reload-secret-value" not in repr(logs)
         assert d.dialer.cfg.max_concurrent == 1
-    finally:
-        await d.store.engine.dispose()
 
 
 async def test_a_reload_before_the_daemon_runs_is_skipped(tmp_path):
@@ -140,8 +131,7 @@ async def test_metrics_are_served_without_the_token(tmp_path, monkeypatch, enabl
         max_concurrent=2,
         extra=f"[http]\nenabled = true\nport = {port}\nmetrics = {str(enabled).lower()}\n",
     )
-    d = await daemon_for(path)
-    try:
+    async with daemon_for(path) as d:
         created = datetime.now(UTC) - timedelta(seconds=42)
         await d.submit(contact("+12025550103"))
         await d.submit(contact("+12025550101"))  # blacklisted: a refusal
@@ -159,9 +149,10 @@ async def test_metrics_are_served_without_the_token(tmp_path, monkeypatch, enabl
             call = CallTrack(
                 f"17000.{i}", "2025550109", "", "", "from-pstn", now, ended_at=now, missed=missed
             )
-            await d._handle(CallEnded(call))
+            d.intake.put(CallEnded(call))
         await d.submit(contact("+12025550105"))
-        await d._self_recovery("+12025550105", now, "client_called_in")  # closes that request
+        d.intake.put(Answered("17000.9", "+12025550105", None, now))  # closes that request
+        await d.intake.idle()
         async with AsyncExitStack() as stack:
             await d._start_lead_intake(stack)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -172,8 +163,6 @@ async def test_metrics_are_served_without_the_token(tmp_path, monkeypatch, enabl
             return
         assert r.status_code == 200
         text = r.text
-    finally:
-        await d.store.engine.dispose()
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

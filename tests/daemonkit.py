@@ -1,0 +1,36 @@
+"""The one way tests build a daemon: ``Daemon.build``, as ``run`` does, minus AMI login and listeners."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from callbackd.app import Daemon
+from callbackd.config import Config
+
+
+def daemon_config(tmp_path: Path, url: str | None = None, **sections: Any) -> Config:
+    """A config whose spool and status file live under *tmp_path* (and its SQLite file, unless *url*)."""
+    service = {
+        "spool_file": str(tmp_path / "spool.jsonl"),
+        "status_file": str(tmp_path / "status.json"),
+        **sections.pop("service", {}),
+    }
+    database = {"url": url or f"sqlite+aiosqlite:///{tmp_path}/callbackd.db", **sections.pop("database", {})}
+    # Never connected (tests feed AMI events by hand), so any address and secret do.
+    ami = {"host": "127.0.0.1", "port": 1, "secret": "unused", **sections.pop("ami", {})}
+    return Config.model_validate({"database": database, "service": service, "ami": ami, **sections})
+
+
+@contextlib.asynccontextmanager
+async def built_daemon(
+    cfg: Config, config_path: Path | None = None, *, ami: Any = None
+) -> AsyncIterator[Daemon]:
+    """A daemon with its store, spool, intake writer and dialer; everything closed on exit (queue spooled)."""
+    d = Daemon(cfg, config_path)
+    async with AsyncExitStack() as stack:
+        await d.build(stack, ami=ami)
+        yield d
