@@ -367,13 +367,14 @@ class Daemon:
 
     async def _resync(self) -> None:
         status = await self.ami.list_action({"Action": "QueueStatus"}, timeout=RESYNC_TIMEOUT_S)
+        asked_at = utcnow()
         channels = await self.ami.list_action({"Action": "CoreShowChannels"}, timeout=RESYNC_TIMEOUT_S)
         self.pool.resync(status)
         live = [e for e in channels if e.get("Event") == "CoreShowChannel"]
         lost = self.detector.resync(live, status, utcnow())
         if lost:
             log.warning("calls.ended_unseen", count=len(lost), linkedids=[c.linkedid for c in lost][:20])
-        await self.dialer.reconcile(channel_ids(channels))
+        await self.dialer.reconcile(channel_ids(channels), asked_at)
         log.info(
             "ami.resynced",
             calls_followed=len(self.detector.calls),
@@ -631,6 +632,7 @@ class Daemon:
                 }
                 for r in runs
             ],
+            "unsaved_outcomes": dialer.unsaved_outcomes() if dialer is not None else [],
             "refusals": dict(self.refusals),
             "last_error": logs.last_problem.last,
         }

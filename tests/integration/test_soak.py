@@ -1,5 +1,6 @@
-"""The CI-sized soak: 40 calls, 2 kill -9s, an Asterisk restart, a Mosquitto restart and a database
-lock, then every invariant. The full one: ``python tests/integration/soak.py --calls 500 --kills 10``."""
+"""The CI-sized soak: 40 calls, 2 kill -9s, an Asterisk restart, a Mosquitto restart, a database
+lock, two AMI cuts mid-Originate and a second daemon with admin cancel/retry, then every invariant.
+The full one: ``python tests/integration/soak.py --calls 500 --kills 10``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ async def test_soak_ci_sized(lab, tmp_path):
     print(json.dumps(report, indent=2))
     assert report["kills"] == 2 and report["asterisk_restarts"] == 1
     assert report["mosquitto_restarts"] == 1 and report["db_locks"] == 1
+    assert report["ami_cuts"] == 2
     assert report["missed_checked"] > 0 and sum(report["attempts"].values()) > 0
     assert report["settled"], report
     assert not any(report["violations"].values()), report["violation_examples"]
