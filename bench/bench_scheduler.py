@@ -119,7 +119,7 @@ async def timed_claims(store: Store, n: int, exclude: list[str]) -> list[float]:
         if len(claimed) != BATCH:
             raise RuntimeError(f"claim {i} took {len(claimed)} requests, not {BATCH}")
         for req in claimed:
-            await store.unclaim(req.id, now, due_at=req.due_at)
+            await store.unclaim(req.id, now, due_at=req.due_at, token=req.claim_token)
         if i >= 5:  # the first few warm the caches and the connection pool
             times.append(dt)
     return times
@@ -133,7 +133,7 @@ async def plans(store: Store, capture: Capture, dialect: str) -> list[dict[str, 
     now = utcnow()
     claimed = await store.claim_due(now, BATCH, exclude_numbers=["+12020000001"])
     for req in claimed:
-        await store.unclaim(req.id, now, due_at=req.due_at)
+        await store.unclaim(req.id, now, due_at=req.due_at, token=req.claim_token)
     capture.active = False
     out, seen = [], set()
     for statement, params in capture.statements:

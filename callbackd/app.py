@@ -462,7 +462,7 @@ class Daemon:
 
     def status_snapshot(self) -> dict[str, Any]:
         dialer: Dialer | None = getattr(self, "dialer", None)
-        return status_file.snapshot(
+        snapshot = status_file.snapshot(
             version=VERSION,
             node=self.cfg.node,
             state=self.state,
@@ -477,6 +477,8 @@ class Daemon:
             show_number=self._num,
             now=utcnow(),
         )
+        snapshot["unsaved_outcomes"] = dialer.unsaved_outcomes() if dialer is not None else []
+        return snapshot
 
     def _write_status(self, snapshot: dict[str, Any]) -> None:
         path = self.cfg.service.status_file

@@ -1,12 +1,15 @@
-"""The operator-first dialer: claim due requests, ring a free operator, follow the call.
+"""The operator-first dialer: a thin loop around the attempt tracker.
 
-Rules it enforces (each in one place):
+It claims due requests, writes each attempt, sends the Originate, feeds AMI events
+and clock ticks to :class:`~callbackd.domain.attempts.AttemptTracker`, and applies
+the actions it returns. Rules kept here (each in one place):
 - never more calls at once than free operators, nor more than ``max_concurrent``;
 - no new callback while live callers wait in the queues (unless turned off);
-- one number is never in two of our calls at once (in-memory set, and the
-  database allows one open request per number);
 - the attempt row is written before the Originate is sent, and panoramisk never
-  re-sends an Originate, so a crash or reconnect cannot dial twice.
+  re-sends an Originate, so a crash or reconnect cannot dial twice;
+- a launch that fails gives its own request back, and the batch goes on;
+- an outcome that cannot be stored is kept (in memory and in the status) and
+  written again until it is.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -23,56 +25,42 @@ import structlog
 from callbackd.adapters.ami import AmiClient, AmiError
 from callbackd.adapters.store import Finished, Store
 from callbackd.config import DialerConfig
-from callbackd.domain.detection import CALLBACK_CHANNEL_PREFIX
+from callbackd.domain.attempts import (
+    Action,
+    Attempt,
+    AttemptTracker,
+    Ended,
+    Mark,
+    Pause,
+    Release,
+    Timing,
+)
 from callbackd.domain.errors import InvalidNumber
 from callbackd.domain.limits import AbuseGuard
 from callbackd.domain.operators import OperatorPool, dial_channel
-from callbackd.domain.outcomes import (
-    Outcome,
-    client_leg_outcome,
-    operator_leg_outcome,
-    originate_reason_text,
-)
 from callbackd.domain.phone import E164, caller_id_for, mask, sanitize_caller_name
+from callbackd.domain.retry import OperatorFailover
 from callbackd.domain.states import AttemptStatus, RequestEvent
 
 log = structlog.get_logger("callbackd.dialer")
 
-# Extra wait for OriginateResponse beyond the operator's ring time.
-ORIGINATE_SLACK = 15.0
-# After the operator's channel hangs up, how long to wait for the bridge context's result.
-RESULT_GRACE = 3.0
 CAPPED_LOG_EVERY = timedelta(hours=1)
+# An outcome write that failed is tried again after this, doubling up to the cap.
+SAVE_RETRY = (0.5, 30.0)
+
+Run = Attempt  # what on_started/on_finished receive
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass
-class Run:
-    """One attempt in flight."""
-
-    attempt_id: str
-    channel_id: str
-    request_id: int
-    number: str
-    operator: str
-    try_no: int
-    reason: str
-    result: asyncio.Future[dict[str, str]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
+def timing(cfg: DialerConfig) -> Timing:
+    return Timing(
+        operator_ring=cfg.operator_ring,
+        client_ring=cfg.client_ring,
+        refused_pause=cfg.operator_retry_delay,
     )
-    bridged: int = 0
-    # Bridge id -> channels seen entering it. Only the bridge our own channel is in counts:
-    # an operator reached through a Local channel (FreePBX members) has a bridge of its own.
-    bridges: dict[str, set[str]] = field(default_factory=dict)
-    client_answered_at: datetime | None = None
-    operator_answered_at: datetime | None = None
-    client_channel: str | None = None
-    hungup: bool = False
-    # Status writes for one attempt must land in the order the events came.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Dialer:
@@ -85,10 +73,11 @@ class Dialer:
         *,
         mask_numbers: bool = False,
         clock: Callable[[], datetime] = utcnow,
-        on_finished: Callable[[Run, Finished], None] | None = None,
+        on_finished: Callable[[Attempt, Finished], None] | None = None,
         guard: AbuseGuard | None = None,
-        on_started: Callable[[Run, Any], None] | None = None,
+        on_started: Callable[[Attempt, Any], None] | None = None,
     ) -> None:
+        self.tracker = AttemptTracker(timing(cfg))
         self.cfg = cfg
         self.store = store
         self.ami = ami
@@ -96,17 +85,39 @@ class Dialer:
         self.clock = clock
         self.mask_numbers = mask_numbers
         self.on_finished = on_finished
-        # Called with the run and the claimed request row once its attempt is written (metrics).
+        # Called with the attempt and the claimed request row once its attempt is written (metrics).
         self.on_started = on_started
-        self.runs: dict[str, Run] = {}  # by channel id
+        # Outcomes known but not yet stored, by attempt id: their numbers stay busy.
+        self.unsaved: dict[str, Ended] = {}
         self.accepting = True
         self.wake = asyncio.Event()
-        self.finished = asyncio.Event()  # set whenever an attempt ends
+        self.finished = asyncio.Event()  # set whenever an outcome is stored
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._locks: dict[str, asyncio.Lock] = {}  # one attempt's writes land in event order
+        self._save_delay = SAVE_RETRY[0]
+        self._save_after = 0.0
+        self._leases_renewed = float("-inf")
+        self._orphans_checked = float("-inf")
+        self._saving = asyncio.Lock()
         self.reconciled = False
         self.paused_until: datetime | None = None
         self.guard = guard
         self._capped_logged: datetime | None = None
+
+    @property
+    def cfg(self) -> DialerConfig:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: DialerConfig) -> None:
+        """A reload's ring times apply to the stages that start after it."""
+        self._cfg = cfg
+        self.tracker.timing = timing(cfg)
+
+    @property
+    def runs(self) -> dict[str, Attempt]:
+        """Attempts in flight, by channel id."""
+        return self.tracker.attempts
 
     def _num(self, number: str) -> str:
         return mask(number) if self.mask_numbers else number
@@ -114,16 +125,31 @@ class Dialer:
     # -- main loop -------------------------------------------------------------------
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            wait = self.cfg.poll_interval.total_seconds()
+            deadline = self.tracker.next_deadline()
+            if deadline is not None:
+                wait = min(wait, max(0.0, (deadline - self.clock()).total_seconds()) + 0.05)
+            if self.unsaved:
+                wait = min(wait, max(0.0, self._save_after - loop.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.cfg.poll_interval.total_seconds())
+                await asyncio.wait_for(self.wake.wait(), wait)
             self.wake.clear()
-            if not (self.accepting and self.reconciled and self.ami.connected):
-                continue
             try:
-                await self.tick()
+                await self.step()
             except Exception:
                 log.exception("dialer.tick_failed")
+
+    async def step(self) -> None:
+        """One turn: deadlines, unsaved outcomes, leases, then new attempts."""
+        self.apply(self.tracker.tick(self.clock()))
+        await self._save_unsaved()
+        await self._renew_leases()
+        if self.reconciled and self.ami.connected:
+            await self._check_orphans()
+        if self.accepting and self.reconciled and self.ami.connected:
+            await self.tick()
 
     async def tick(self) -> None:
         now = self.clock()
@@ -136,7 +162,7 @@ class Dialer:
         if self.cfg.hold_while_callers_wait and self.pool.callers_waiting() > 0:
             return
         free = self.pool.free(now.timestamp())
-        capacity = min(self.cfg.max_concurrent - len(self.runs), len(free))
+        capacity = min(self.cfg.max_concurrent - len(self.runs) - len(self.unsaved), len(free))
         if capacity <= 0:
             return
         left = self.guard.attempts_left(now) if self.guard is not None else None
@@ -145,15 +171,18 @@ class Dialer:
                 self._log_capped(now)
                 return
             capacity = min(capacity, left)
-        busy_numbers = [r.number for r in self.runs.values()]
-        for req in await self.store.claim_due(now, capacity, exclude_numbers=busy_numbers):
+        busy = self._busy_numbers()
+        for req in await self.store.claim_due(now, capacity, exclude_numbers=sorted(busy)):
             free = self.pool.free(self.clock().timestamp())
             # A SIGTERM while the claim was in the database: give it back, start nothing.
-            if not self.accepting or not free or req.number in busy_numbers:
-                await self.store.unclaim(req.id, self.clock())
+            if not self.accepting or not free or req.number in busy:
+                await self._give_back(req)
                 continue
             await self._launch(req, free[0].interface)
-            busy_numbers.append(req.number)
+            busy.add(req.number)
+
+    def _busy_numbers(self) -> set[str]:
+        return self.tracker.numbers() | {e.attempt.number for e in self.unsaved.values()}
 
     def _log_capped(self, now: datetime) -> None:
         """Once an hour at most: the dialer checks every poll, the log must not."""
@@ -166,276 +195,303 @@ class Dialer:
     # -- one attempt -----------------------------------------------------------------
 
     async def _launch(self, req: Any, operator: str) -> None:
+        """Start one attempt. Any failure gives this request back and leaves the batch going."""
         now = self.clock()
         try:
             number = E164.trusted(req.number)  # digits and a leading '+', nothing else
         except InvalidNumber:
             # Only a row written behind our back can get here; never dial it, never claim it again.
             log.error("request.bad_number", request_id=req.id)
-            await self.store.admin_event(req.id, RequestEvent.FAIL, now)
+            with contextlib.suppress(Exception):
+                await self.store.admin_event(req.id, RequestEvent.FAIL, now)
             return
         self.pool.reserve(operator, now.timestamp())
         try:
-            attempt = await self.store.start_attempt(req.id, operator, now)
-        except Exception:
+            row = await self.store.start_attempt(req.id, operator, now, token=req.claim_token)
+        except Exception as exc:
             self.pool.release(operator)
-            raise
+            log.warning(
+                "attempt.launch_failed", request_id=req.id, error=f"{type(exc).__name__}: {exc}"[:200]
+            )
+            await self._give_back(req)
+            return
         if self.guard is not None:
             self.guard.attempt_started(now)
-        run = Run(attempt.id, attempt.channel_id, req.id, str(number), operator, attempt.try_no, req.reason)
-        self.runs[run.channel_id] = run
-        fields = originate_fields(self.cfg, run, req.name, number, req.reason, did=req.did)
+        att = Attempt(row.id, row.channel_id, req.id, str(number), operator, row.try_no, started_at=now)
+        self.apply(self.tracker.begin(att, now))
         log.info(
             "operator.ringing",
             request_id=req.id,
-            attempt_id=run.attempt_id,
-            try_no=run.try_no,
+            attempt_id=att.attempt_id,
+            try_no=att.try_no,
             operator=operator,
-            number=self._num(run.number),
+            number=self._num(att.number),
             reason=req.reason,
         )
-        if self.on_started is not None:
-            self.on_started(run, req)
-        task = asyncio.ensure_future(self._follow(run, fields))
+        try:
+            if self.on_started is not None:
+                self.on_started(att, req)
+            future = self.ami.originate(
+                originate_fields(self.cfg, att, req.name, number, req.reason, did=req.did)
+            )
+        except Exception as exc:  # nothing was sent: nobody rang, the try is not used
+            if not isinstance(exc, AmiError):
+                log.exception("attempt.originate_failed", attempt_id=att.attempt_id)
+            self.apply(self.tracker.originate_failed(att.channel_id, str(exc), self.clock()))
+            return
+        self._spawn(self._originate_replies(att.channel_id, future))
+
+    async def _give_back(self, req: Any) -> None:
+        try:
+            await self.store.unclaim(req.id, self.clock(), token=req.claim_token)
+        except Exception as exc:  # the lease returns it later
+            log.warning(
+                "request.unclaim_failed", request_id=req.id, error=f"{type(exc).__name__}: {exc}"[:200]
+            )
+
+    async def _originate_replies(self, channel_id: str, future: asyncio.Future[Any]) -> None:
+        """The ack and OriginateResponse; a link lost in between leaves it to the deadline."""
+        try:
+            wait = self.tracker.timing.limit(AttemptStatus.DIALLING).total_seconds()
+            replies = await asyncio.wait_for(asyncio.shield(future), wait)
+        except TimeoutError:
+            return
+        if not isinstance(replies, list):
+            replies = [replies]
+        self.apply(self.tracker.originate_replied(channel_id, [dict(r) for r in replies], self.clock()))
+
+    # -- actions ---------------------------------------------------------------------
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Mark):
+                self._log_mark(action)
+                self._spawn(self._mark(action))
+            elif isinstance(action, Ended):
+                self.unsaved[action.attempt.attempt_id] = action
+                self._save_after = 0.0
+                self.wake.set()
+            elif isinstance(action, Release):
+                # A dead node's attempt may name an operator one of ours is on now.
+                if not any(a.operator == action.operator for a in self.runs.values()):
+                    self.pool.release(action.operator)
+                self.wake.set()
+            elif isinstance(action, Pause):
+                self.paused_until = action.until
+                log.warning("originate.refused", paused_until=action.until.isoformat())
+
+    def _log_mark(self, mark: Mark) -> None:
+        att = mark.attempt
+        names = {"operator_up": "operator.answered", "client_ringing": "client.ringing", "bridged": "bridged"}
+        log.info(
+            names.get(mark.status.value, "attempt.marked"),
+            request_id=att.request_id,
+            attempt_id=att.attempt_id,
+            operator=att.operator,
+            number=self._num(att.number),
+        )
+
+    def _lock(self, attempt_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(attempt_id, asyncio.Lock())
+
+    async def _mark(self, mark: Mark) -> None:
+        att = mark.attempt
+        try:
+            async with self._lock(att.attempt_id):
+                wanted = await self.store.mark_attempt(att.attempt_id, mark.status, **mark.fields)
+        except Exception as exc:
+            log.warning(
+                "attempt.mark_failed", attempt_id=att.attempt_id, error=f"{type(exc).__name__}: {exc}"[:200]
+            )
+            return
+        if not wanted and att.channel_id in self.runs:
+            # Cancelled, recovered or claimed anew while it rang: end the call, dial nothing more.
+            log.info("attempt.hangup_unwanted", request_id=att.request_id, attempt_id=att.attempt_id)
+            with contextlib.suppress(AmiError):
+                await self.ami.action({"Action": "Hangup", "Channel": att.channel_id})
+
+    async def _save_unsaved(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.unsaved or loop.time() < self._save_after:
+            return
+        async with self._saving:
+            await self._save_all(loop)
+
+    async def _save_all(self, loop: asyncio.AbstractEventLoop) -> None:
+        for attempt_id, ended in list(self.unsaved.items()):
+            try:
+                async with self._lock(attempt_id):
+                    done = await self.store.finish_attempt(
+                        attempt_id,
+                        ended.outcome,
+                        self.clock(),
+                        failover=OperatorFailover(self.cfg.operator_tries, self.cfg.operator_retry_delay),
+                        **ended.fields,
+                    )
+            except Exception as exc:
+                log.error(
+                    "attempt.outcome_unsaved",
+                    attempt_id=attempt_id,
+                    outcome=ended.outcome.value,
+                    error=f"{type(exc).__name__}: {exc}"[:200],
+                    retry_in_s=self._save_delay,
+                )
+                self._save_after = loop.time() + self._save_delay
+                self._save_delay = min(self._save_delay * 2, SAVE_RETRY[1])
+                return
+            self._save_delay = SAVE_RETRY[0]
+            self.unsaved.pop(attempt_id, None)
+            self._locks.pop(attempt_id, None)
+            self.finished.set()
+            self._log_outcome(ended, done)
+
+    def _log_outcome(self, ended: Ended, done: Finished | None) -> None:
+        if done is None:
+            return
+        att = ended.attempt
+        log.info(
+            "attempt.outcome",
+            request_id=att.request_id,
+            attempt_id=att.attempt_id,
+            try_no=att.try_no,
+            operator=att.operator,
+            number=self._num(att.number),
+            outcome=ended.outcome.value,
+            counted=done.counted,
+            request_status=done.request_status,
+            next_due=done.due_at.isoformat() if done.due_at else None,
+            close_reason=done.close_reason,
+            stale=done.stale or None,
+        )
+        if self.on_finished is not None:
+            self.on_finished(att, done)
+
+    async def _renew_leases(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.runs or loop.time() - self._leases_renewed < self.store.attempt_lease.total_seconds() / 4:
+            return
+        try:
+            await self.store.renew_leases(self.clock())
+            self._leases_renewed = loop.time()
+        except Exception as exc:
+            log.warning("attempt.lease_renew_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _follow(self, run: Run, fields: dict[str, Any] | None) -> None:
-        """Send the Originate (unless re-attaching after a restart) and wait for the outcome."""
-        try:
-            outcome, extra = await self._await_outcome(run, fields)
-        except Exception as exc:
-            log.exception("attempt.follow_failed", attempt_id=run.attempt_id)
-            outcome, extra = Outcome.UNKNOWN, {"originate_reason": f"error:{type(exc).__name__}"[:24]}
-        await self._finish(run, outcome, extra)
-
-    async def _await_outcome(self, run: Run, fields: dict[str, Any] | None) -> tuple[Outcome, dict[str, Any]]:
-        extra: dict[str, Any] = {}
-        if fields is not None:
-            try:
-                future = self.ami.originate(fields)
-            except AmiError as exc:
-                return Outcome.OPERATOR_NO_ANSWER, {"originate_reason": f"ami:{exc}"[:24]}
-            wait = self.cfg.operator_ring.total_seconds() + ORIGINATE_SLACK
-            try:
-                replies = await asyncio.wait_for(asyncio.shield(future), wait)
-            except TimeoutError:
-                replies = None
-            if replies is not None:
-                if not isinstance(replies, list):
-                    replies = [replies]
-                ack = replies[0]
-                if ack.get("Response") == "Error":
-                    # The PBX, not the operator, said no (still booting, module missing):
-                    # dial nothing for a while rather than burn through the queue.
-                    self.paused_until = self.clock() + self.cfg.operator_retry_delay
-                    log.warning("originate.refused", attempt_id=run.attempt_id, message=ack.get("Message"))
-                    return Outcome.OPERATOR_NO_ANSWER, {"originate_reason": "refused"}
-                response = replies[-1]
-                reason = response.get("Reason", "")
-                extra["originate_reason"] = originate_reason_text(reason)
-                op_outcome = operator_leg_outcome(reason)
-                if op_outcome is not None:
-                    return op_outcome, extra
-            # replies None: the AMI link dropped; the channel events (or reconciliation) decide.
-            if replies is not None:
-                self._operator_up(run)
-        result = await run.result
-        extra.update(
-            dial_status=(result.get("DialStatus") or None),
-            hangup_cause=_int(result.get("ClientCause")) or _int(result.get("HangupCause")),
-        )
-        if result.get("Lost"):
-            if run.operator_answered_at is None:
-                return Outcome.OPERATOR_NO_ANSWER, extra
-            return (Outcome.ANSWERED if run.bridged >= 2 else Outcome.UNKNOWN), extra
-        outcome = client_leg_outcome(
-            result.get("Stage", ""), result.get("DialStatus", ""), result.get("ClientCause")
-        )
-        if outcome is Outcome.ANSWERED:
-            extra["talk_seconds"] = self._talk_seconds(run, result)
-        return outcome, extra
-
-    def _talk_seconds(self, run: Run, result: dict[str, str]) -> int | None:
-        """From the bridge to now; ANSWEREDTIME counts from the operator's answer."""
-        if run.client_answered_at is not None:
-            return max(0, round((self.clock() - run.client_answered_at).total_seconds()))
-        return _int(result.get("AnsweredTime"))
-
-    def _operator_up(self, run: Run) -> None:
-        if run.operator_answered_at is not None:
-            return
-        run.operator_answered_at = self.clock()
-        log.info(
-            "operator.answered",
-            request_id=run.request_id,
-            attempt_id=run.attempt_id,
-            operator=run.operator,
-            number=self._num(run.number),
-        )
-        self._mark(run, AttemptStatus.OPERATOR_UP, operator_answered_at=run.operator_answered_at)
-
-    async def _finish(self, run: Run, outcome: Outcome, extra: dict[str, Any]) -> None:
-        now = self.clock()
-        if run.client_answered_at is not None:
-            extra.setdefault("client_answered_at", run.client_answered_at)
-        try:
-            async with run.lock:
-                done = await self.store.finish_attempt(
-                    run.attempt_id,
-                    outcome,
-                    now,
-                    max_operator_tries=self.cfg.operator_tries,
-                    operator_retry_delay=self.cfg.operator_retry_delay,
-                    **{k: v for k, v in extra.items() if v is not None},
-                )
-        finally:
-            self.runs.pop(run.channel_id, None)
-            self.pool.release(run.operator)
-            self.wake.set()
-            self.finished.set()
-        if done is not None:
-            log.info(
-                "attempt.outcome",
-                request_id=run.request_id,
-                attempt_id=run.attempt_id,
-                try_no=run.try_no,
-                operator=run.operator,
-                number=self._num(run.number),
-                outcome=outcome.value,
-                counted=done.counted,
-                request_status=done.request_status,
-                next_due=done.due_at.isoformat() if done.due_at else None,
-                close_reason=done.close_reason,
-            )
-            if self.on_finished is not None:
-                self.on_finished(run, done)
 
     # -- AMI events for our calls ----------------------------------------------------
 
     def on_event(self, ev: dict[str, str]) -> None:
-        name = ev.get("Event")
-        if name == "UserEvent" and ev.get("UserEvent") == "CallbackdResult":
-            run = self._by_attempt(ev.get("Attempt", ""))
-            if run is not None and not run.result.done():
-                run.result.set_result(ev)
-            return
-        run = self.runs.get(ev.get("Linkedid", ""))
-        if run is None:
-            return
-        uniqueid = ev.get("Uniqueid", "")
-        if name == "Newstate" and uniqueid == run.channel_id and ev.get("ChannelState") == "6":
-            self._operator_up(run)
-        elif name == "DialBegin" and uniqueid == run.channel_id:
-            run.client_channel = ev.get("DestUniqueid") or ev.get("DestChannel")
-            log.info(
-                "client.ringing",
-                request_id=run.request_id,
-                attempt_id=run.attempt_id,
-                number=self._num(run.number),
-            )
-            self._mark(run, AttemptStatus.CLIENT_RINGING)
-        elif name == "BridgeEnter":
-            members = run.bridges.setdefault(ev.get("BridgeUniqueid", ""), set())
-            members.add(uniqueid)
-            if run.channel_id in members and len(members) >= 2 and run.bridged < 2:
-                run.bridged = 2
-                run.client_answered_at = self.clock()
-                log.info(
-                    "bridged",
-                    request_id=run.request_id,
-                    attempt_id=run.attempt_id,
-                    operator=run.operator,
-                    number=self._num(run.number),
-                )
-                self._mark(run, AttemptStatus.BRIDGED, client_answered_at=run.client_answered_at)
-        elif name == "Hangup" and uniqueid == run.channel_id:
-            run.hungup = True
-            asyncio.get_running_loop().call_later(RESULT_GRACE, self._lost_result, run)
-
-    def _by_attempt(self, attempt_id: str) -> Run | None:
-        return self.runs.get(f"{CALLBACK_CHANNEL_PREFIX}{attempt_id}")
-
-    def _lost_result(self, run: Run) -> None:
-        """The operator's channel is gone and no CallbackdResult came: decide from what we saw."""
-        if not run.result.done():
-            run.result.set_result({"Lost": "1"})
-
-    def _mark(self, run: Run, status: AttemptStatus, **fields: Any) -> None:
-        task = asyncio.ensure_future(self._mark_safe(run, status, fields))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _mark_safe(self, run: Run, status: AttemptStatus, fields: dict[str, Any]) -> None:
-        try:
-            async with run.lock:
-                await self.store.mark_attempt(run.attempt_id, status, **fields)
-        except Exception:
-            log.exception("attempt.mark_failed", attempt_id=run.attempt_id)
+        self.apply(self.tracker.feed(ev, self.clock()))
+        if ev.get("Event") == "Hangup" and self.runs:
+            self.wake.set()  # a deadline may have moved closer
 
     # -- restart and reconnect -------------------------------------------------------
 
-    async def reconcile(self, live: set[str] | None = None) -> None:
-        """Before dialling anything new: match attempts left in flight against live channels."""
+    async def reconcile(self, live: set[str] | None = None, asked_at: datetime | None = None) -> None:
+        """Before dialling anything new: match attempts left in flight, ours or a dead node's on
+        this PBX, against the live channels; one still up is followed, one gone is result_lost."""
+        asked_at = asked_at or self.clock()
         if live is None:
             live = await self.live_channel_ids()
-        for att in await self.store.in_flight():
-            if att.channel_id in live and att.channel_id not in self.runs:
-                req_reason = ""
-                run = Run(
-                    att.id, att.channel_id, att.request_id, att.number, att.operator, att.try_no, req_reason
-                )
-                run.operator_answered_at = att.operator_answered_at
-                if att.status == AttemptStatus.BRIDGED:
-                    run.bridged = 2
-                self.runs[run.channel_id] = run
-                self.pool.reserve(att.operator, self.clock().timestamp())
+        now = self.clock()
+        # Attempts we follow whose channel vanished during an AMI gap.
+        self.apply(self.tracker.resync(live, asked_at, now))
+        await self._take_over(live, now)
+        await self._save_unsaved()
+        await self.store.release_stale_claims(now)
+        self._orphans_checked = asyncio.get_running_loop().time()
+        self.reconciled = True
+        self.wake.set()
+
+    async def _take_over(self, live: set[str] | None, now: datetime) -> None:
+        """Follow or end the attempts in flight that nobody follows: ours after a restart, or a
+        node's whose lease ran out. ``live`` None: ask the PBX, if there is anything to ask about."""
+        rows = [
+            r
+            for r in await self.store.in_flight(now)
+            if r.channel_id not in self.runs and r.id not in self.unsaved
+        ]
+        if rows and live is None:
+            live = await self.live_channel_ids()
+        for row in rows:
+            if not await self.store.take_over(row.id, now):
+                continue  # another node was quicker
+            att = Attempt(
+                row.id,
+                row.channel_id,
+                row.request_id,
+                row.number,
+                row.operator,
+                row.try_no,
+                started_at=row.started_at,
+                status=AttemptStatus(row.status),
+                operator_answered_at=row.operator_answered_at,
+                client_answered_at=row.client_answered_at,
+            )
+            self.apply(self.tracker.adopt(att, now))
+            if live is not None and row.channel_id in live:
+                self.pool.reserve(att.operator, now.timestamp())
                 log.info(
                     "attempt.reattached",
                     request_id=att.request_id,
-                    attempt_id=att.id,
+                    attempt_id=att.attempt_id,
                     number=self._num(att.number),
-                    status=att.status,
+                    status=row.status,
+                    node=row.node,
                 )
-                task = asyncio.ensure_future(self._follow(run, None))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            elif att.channel_id not in live and att.channel_id not in self.runs:
-                outcome = Outcome.ANSWERED if att.status == AttemptStatus.BRIDGED else Outcome.UNKNOWN
-                if att.status == AttemptStatus.DIALLING:
-                    # Never reached the operator's answer: the client was not rung.
-                    outcome = Outcome.OPERATOR_NO_ANSWER
-                run = Run(att.id, att.channel_id, att.request_id, att.number, att.operator, att.try_no, "")
-                log.warning(
-                    "attempt.reconciled",
-                    request_id=att.request_id,
-                    attempt_id=att.id,
-                    number=self._num(att.number),
-                    was=att.status,
-                    outcome=outcome.value,
-                )
-                await self._finish(run, outcome, {"originate_reason": "reconciled"})
-        # Runs we follow whose channel vanished during an AMI gap.
-        for run in list(self.runs.values()):
-            if run.channel_id not in live and run.operator_answered_at is not None and not run.result.done():
-                run.result.set_result({"Lost": "1"})
-        await self.store.release_stale_claims(self.clock())
-        self.reconciled = True
-        self.wake.set()
+                continue
+            actions = self.tracker.gone(att.channel_id, now)
+            ended = [a for a in actions if isinstance(a, Ended)]
+            log.warning(
+                "attempt.reconciled",
+                request_id=att.request_id,
+                attempt_id=att.attempt_id,
+                number=self._num(att.number),
+                was=row.status,
+                node=row.node,
+                outcome=ended[0].outcome.value if ended else None,
+            )
+            self.apply(actions)
+
+    async def _check_orphans(self) -> None:
+        """Now and then: another node's attempts whose lease ran out are ours to finish."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._orphans_checked < self.store.attempt_lease.total_seconds() / 2:
+            return
+        self._orphans_checked = loop.time()
+        try:
+            await self._take_over(None, self.clock())
+        except Exception as exc:
+            log.warning("attempt.takeover_failed", error=f"{type(exc).__name__}: {exc}"[:200])
 
     async def live_channel_ids(self) -> set[str]:
         return channel_ids(await self.ami.list_action({"Action": "CoreShowChannels"}))
 
+    def unsaved_outcomes(self) -> list[dict[str, Any]]:
+        """For the status: outcomes known but not yet stored."""
+        return [
+            {
+                "request_id": e.attempt.request_id,
+                "attempt_id": e.attempt.attempt_id,
+                "outcome": e.outcome.value,
+                "number": self._num(e.attempt.number),
+            }
+            for e in self.unsaved.values()
+        ]
+
     async def drain(self, grace: timedelta) -> bool:
-        """Stop taking new attempts; wait for the ones in flight. True if all finished."""
+        """Stop taking new attempts; wait for the ones in flight. True if all finished and stored."""
         self.accepting = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace.total_seconds()
-        while self.runs and loop.time() < deadline:
+        while (self.runs or self.unsaved) and loop.time() < deadline:
             self.finished.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.finished.wait(), deadline - loop.time())
-        return not self.runs
+                await asyncio.wait_for(self.finished.wait(), min(1.0, deadline - loop.time()))
+        return not (self.runs or self.unsaved)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -451,7 +507,7 @@ def whisper(cfg: DialerConfig, reason: str) -> str:
 
 
 class AttemptRef(Protocol):
-    """What :func:`originate_fields` needs of a :class:`Run`."""
+    """What :func:`originate_fields` needs of an attempt."""
 
     attempt_id: str
     channel_id: str

@@ -67,7 +67,8 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 renderer,
             ],
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            # Libraries' warnings and errors reach the status's last error like our own.
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, last_problem],
         )
     )
     root = logging.getLogger()

@@ -39,13 +39,14 @@ async def on_login(ami: Any, pool: Any, detector: Any, dialer: Any) -> None:
 async def resync(ami: Any, pool: Any, detector: Any, dialer: Any) -> None:
     now = datetime.now(UTC)
     status = await ami.list_action({"Action": "QueueStatus"}, timeout=RESYNC_TIMEOUT_S)
+    asked_at = datetime.now(UTC)  # channels that started after this are not in the answer
     channels = await ami.list_action({"Action": "CoreShowChannels"}, timeout=RESYNC_TIMEOUT_S)
     pool.resync(status)
     live = [e for e in channels if e.get("Event") == "CoreShowChannel"]
     lost = detector.resync(live, status, now)
     if lost:
         log.warning("calls.ended_unseen", count=len(lost), linkedids=[c.linkedid for c in lost][:20])
-    await dialer.reconcile(channel_ids(channels))
+    await dialer.reconcile(channel_ids(channels), asked_at)
     log.info(
         "ami.resynced",
         calls_followed=len(detector.calls),

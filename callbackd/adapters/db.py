@@ -17,12 +17,22 @@ def make_engine(url: str) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
+            # The driver's own deferred BEGIN would let a read run outside the write that
+            # follows it; _begin below starts every transaction instead.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn) -> None:
+            # IMMEDIATE takes the write lock at the start, so a read-modify-write (cancel,
+            # recover, finish) is one transaction and never overwrites another. WAL readers
+            # are not blocked by it.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)

@@ -106,6 +106,10 @@ class Request(Base):
     # The number the client last dialled (a DID) and the queue they waited in, when a call opened it.
     did: Mapped[str | None] = mapped_column(String(64))
     queue: Mapped[str | None] = mapped_column(String(64))
+    # Changed by every claim; an attempt changes its request only while they match (fencing).
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    # Where max_age counts from when not created_at: an admin's retry of an expired request.
+    age_from: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index(
@@ -166,6 +170,14 @@ class Attempt(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     talk_seconds: Mapped[int | None] = mapped_column(Integer)
     node: Mapped[str] = mapped_column(String(64), default="")
+    # The claim it was started under (see Request.claim_token).
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    # Renewed by the node following it; past it, any node on the same PBX reconciles it.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The PBX that placed it (its identity): only that PBX's channels say whether it lives.
+    pbx: Mapped[str] = mapped_column(String(128), default="", server_default="")
+
+    __table_args__ = (Index("ix_attempts_number_status", "number", "status"),)
 
 
 class AuditEntry(Base):

@@ -231,6 +231,11 @@ def render(rep: dict[str, Any], now: datetime) -> str:
                 lines.append(
                     f"    request {f['request_id']} try {f['try_no']}: {f['operator']} -> {f['number']}"
                 )
+            unsaved = d.get("unsaved_outcomes", [])
+            if unsaved:  # known outcomes the database has refused so far; written again until stored
+                lines.append(f"  UNSAVED outcomes {len(unsaved)}")
+                for u in unsaved:
+                    lines.append(f"    request {u['request_id']}: {u['outcome']} ({u['number']})")
         problem = d.get("last_error")
         if problem:
             detail = f": {problem['detail']}" if problem.get("detail") else ""

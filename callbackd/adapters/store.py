@@ -20,17 +20,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from callbackd.adapters import models as m
 from callbackd.adapters.db import sessionmaker
 from callbackd.domain.detection import CALLBACK_CHANNEL_PREFIX, CallTrack
-from callbackd.domain.errors import IllegalTransition, NoCommonHours
+from callbackd.domain.errors import IllegalTransition
 from callbackd.domain.intake import Contact, Decision, Disposition, dedup_scope
 from callbackd.domain.ladder import Plan, Schedule, Wait
-from callbackd.domain.outcomes import Outcome, verdict
+from callbackd.domain.outcomes import Outcome
 from callbackd.domain.phone import E164, mask, sanitize_caller_name
+from callbackd.domain.retry import OperatorFailover, RequestSnapshot, next_step
 from callbackd.domain.states import (
     IN_FLIGHT_ATTEMPTS,
     OPEN_STATUSES,
+    AttemptEvent,
     AttemptStatus,
     RequestEvent,
     RequestStatus,
+    attempt_transition,
     request_transition,
 )
 
@@ -58,6 +61,10 @@ def _log_plan(request_id: int, number: str, plan: Plan, zones: Sequence[str]) ->
         )
 
 
+# How long an attempt stays this node's without a renewal (renewed every quarter of it).
+ATTEMPT_LEASE = timedelta(minutes=2)
+
+
 @dataclass(frozen=True)
 class ContactResult:
     contact_id: int | None
@@ -79,6 +86,8 @@ class Finished:
     counted: bool
     due_at: datetime | None
     close_reason: str | None
+    # The request had moved on (cancelled, recovered, claimed anew): only the attempt row changed.
+    stale: bool = False
 
 
 class NotFound(LookupError):
@@ -119,11 +128,14 @@ class Store:
         schedule: Schedule,
         claim_lease: timedelta,
         pbx: str | None = None,
+        attempt_lease: timedelta = ATTEMPT_LEASE,
     ) -> None:
         self.engine = engine
         self.node = node
-        # The Asterisk this daemon watches; its Linkedids and Uniqueids are unique only there.
+        # The Asterisk this daemon watches; its Linkedids and Uniqueids are unique only there,
+        # and only its live channels say whether an attempt it placed is still up.
         self.pbx = node if pbx is None else pbx
+        self.attempt_lease = attempt_lease
         self.schedule = schedule
         self.claim_lease = claim_lease
         self._session = sessionmaker(engine)
@@ -332,16 +344,33 @@ class Store:
 
     # -- dialer ----------------------------------------------------------------------
 
+    def _age_from(self):
+        return func.coalesce(m.Request.age_from, m.Request.created_at)
+
     async def claim_due(
         self, now: datetime, limit: int, exclude_numbers: Sequence[str] = ()
     ) -> list[m.Request]:
-        """Take up to *limit* due requests for this node; safe with several daemons."""
+        """Take up to *limit* due requests for this node; safe with several daemons.
+
+        Each claim gets a new token. A request older than max_age is never claimed, nor one
+        whose number has an attempt in flight on any node (a cancel and retry while it rang).
+        """
         if limit <= 0:
             return []
+        busy = (
+            select(m.Attempt.id)
+            .where(m.Attempt.number == m.Request.number, m.Attempt.status.in_(_IN_FLIGHT))
+            .exists()
+        )
         async with self.session() as s, s.begin():
             q = (
                 select(m.Request.id, m.Request.client_zones)
-                .where(m.Request.status == RequestStatus.OPEN.value, m.Request.due_at <= now)
+                .where(
+                    m.Request.status == RequestStatus.OPEN.value,
+                    m.Request.due_at <= now,
+                    self._age_from() >= now - self.schedule.max_age,
+                    ~busy,
+                )
                 .order_by(m.Request.due_at)
                 .limit(limit + len(exclude_numbers))
                 .with_for_update(skip_locked=True)
@@ -366,6 +395,7 @@ class Store:
                         status=request_transition(RequestStatus.OPEN, RequestEvent.CLAIM).value,
                         claimed_by=self.node,
                         claim_expires=now + self.claim_lease,
+                        claim_token=uuid.uuid4().hex,
                         updated_at=now,
                     )
                 )
@@ -413,21 +443,27 @@ class Store:
             _log_plan(req.id, req.number, Plan(req.due_at, Wait(req.wait_reason)), zones)
             return req
 
-    async def unclaim(self, request_id: int, now: datetime, due_at: datetime | None = None) -> None:
-        """Give a claimed request back without an attempt (no operator after all)."""
+    async def unclaim(
+        self, request_id: int, now: datetime, due_at: datetime | None = None, *, token: str | None
+    ) -> bool:
+        """Give a claimed request back without an attempt, if the claim is still ours."""
         async with self.session() as s, s.begin():
             req = await s.get(m.Request, request_id, with_for_update=True)
-            if req is not None and req.status == RequestStatus.DIALLING:
-                _apply(req, RequestEvent.RETRY_LATER, now)
-                if due_at is not None:
-                    req.due_at = due_at
+            if req is None or req.status != RequestStatus.DIALLING or req.claim_token != token:
+                return False
+            _apply(req, RequestEvent.RETRY_LATER, now)
+            if due_at is not None:
+                req.due_at = due_at
+            return True
 
-    async def start_attempt(self, request_id: int, operator: str, now: datetime) -> m.Attempt:
+    async def start_attempt(
+        self, request_id: int, operator: str, now: datetime, *, token: str | None
+    ) -> m.Attempt:
         """Written before the Originate is sent: a crash after this is reconciled, never redialled."""
         async with self.session() as s, s.begin():
             req = await s.get(m.Request, request_id, with_for_update=True)
-            if req is None or req.status != RequestStatus.DIALLING:
-                raise NotFound(f"request {request_id} is not claimed")
+            if req is None or req.status != RequestStatus.DIALLING or req.claim_token != token:
+                raise NotFound(f"request {request_id} is not claimed by this claim")
             attempt_id = uuid.uuid4().hex
             row = m.Attempt(
                 id=attempt_id,
@@ -440,17 +476,35 @@ class Store:
                 counted=False,
                 started_at=now,
                 node=self.node,
+                claim_token=token,
+                lease_until=now + self.attempt_lease,
+                pbx=self.pbx,
             )
             s.add(row)
             return row
 
-    async def mark_attempt(self, attempt_id: str, status: AttemptStatus, **fields: object) -> None:
+    async def mark_attempt(self, attempt_id: str, status: AttemptStatus, **fields: object) -> bool:
+        """Store an attempt's progress. False when its request no longer wants the call
+        (cancelled, recovered, or claimed anew): the caller should hang up."""
         async with self.session() as s, s.begin():
-            await s.execute(
+            att = await s.get(m.Attempt, attempt_id, with_for_update=True)
+            if att is None or att.status == AttemptStatus.DONE:
+                return False
+            att.status = status.value
+            for key, value in fields.items():
+                setattr(att, key, value)
+            req = await s.get(m.Request, att.request_id)
+            return req is not None and req.status in OPEN_STATUSES and req.claim_token == att.claim_token
+
+    async def renew_leases(self, now: datetime) -> int:
+        """This node still follows its attempts: push their leases on."""
+        async with self.session() as s, s.begin():
+            res = await s.execute(
                 update(m.Attempt)
-                .where(m.Attempt.id == attempt_id, m.Attempt.status != AttemptStatus.DONE.value)
-                .values(status=status.value, **fields)
+                .where(m.Attempt.node == self.node, m.Attempt.status.in_(_IN_FLIGHT))
+                .values(lease_until=now + self.attempt_lease)
             )
+            return res.rowcount or 0
 
     async def finish_attempt(
         self,
@@ -458,89 +512,83 @@ class Store:
         outcome: Outcome,
         now: datetime,
         *,
-        max_operator_tries: int,
-        operator_retry_delay: timedelta,
+        failover: OperatorFailover,
         **fields: object,
     ) -> Finished | None:
-        """Store the outcome and move the request on the ladder. Idempotent."""
+        """Store the outcome and apply the retry policy to the request. Idempotent.
+
+        The request moves only while its claim token is the attempt's: a stale node's
+        outcome is kept on its attempt row and never reopens or closes a request that
+        another claim now holds.
+        """
         async with self.session() as s, s.begin():
             att = await s.get(m.Attempt, attempt_id, with_for_update=True)
             if att is None or att.status == AttemptStatus.DONE:
                 return None
             req = await s.get(m.Request, att.request_id, with_for_update=True)
             assert req is not None
-            tries = req.attempts_made + (1 if outcome in _counted() else 0)
-            v = verdict(outcome, tries, self.schedule.ladder_for(req.queue).max_attempts)
-            att.status = AttemptStatus.DONE.value
+            step = next_step(outcome, _snapshot(req), att.started_at, now, self.schedule, failover)
+            att.status = attempt_transition(att.status, AttemptEvent.FINISHED).value
             att.outcome = outcome.value
-            att.counted = v.counted
+            att.counted = step.counted
             att.ended_at = now
             for key, value in fields.items():
                 setattr(att, key, value)
-            if req.status != RequestStatus.DIALLING:
-                # Recovered or cancelled while the attempt rang: keep that verdict.
-                if v.counted:
-                    req.attempts_made = tries
-                return Finished(req.id, req.status, outcome, v.counted, req.due_at, req.close_reason)
-            if v.counted:
-                req.attempts_made = tries
-                req.last_attempt_at = att.started_at
-                req.operator_tries = 0
-            else:
-                req.operator_tries += 1
-            event = v.event
-            due: datetime | None = None
-            plan = Plan(None)
-            zones = req.client_zones or ()
-            if event is RequestEvent.RETRY_LATER:
-                if v.counted:
-                    plan = self.schedule.plan(
-                        req.attempts_made,
-                        req.last_attempt_at,
-                        req.created_at,
-                        spread_key=req.number,
-                        client_zones=zones,
-                        outcome=outcome.value,
-                        queue=req.queue,
-                    )
-                    due = plan.due
-                elif req.operator_tries < max_operator_tries:
-                    due = now  # another free operator, at once
-                else:
-                    req.operator_tries = 0
-                    plan = self.schedule.next_callable(now + operator_retry_delay, zones)
-                    due = plan.due
-                if due is None:
-                    event = (
-                        RequestEvent.EXPIRE
-                        if req.attempts_made < self.schedule.ladder_for(req.queue).max_attempts
-                        and plan.close_reason != NoCommonHours.reason
-                        else (RequestEvent.FAIL)
-                    )
-            _apply(req, event, now)
-            if event is RequestEvent.RETRY_LATER:
-                req.due_at = due
-                req.wait_reason = plan.wait.value if plan.wait else None
-                _log_plan(req.id, req.number, plan if plan.due else Plan(due), zones)
-            elif event is RequestEvent.FAIL:
-                req.close_reason = v.close_reason or plan.close_reason or "max_attempts"
-            elif event is RequestEvent.EXPIRE:
-                req.close_reason = "max_age"
-            elif event is RequestEvent.REACH:
-                req.close_reason = "reached"
-            return Finished(req.id, req.status, outcome, v.counted, req.due_at, req.close_reason)
+            if step.counted:
+                req.attempts_made = step.attempts_made  # the client was rung, whoever holds it
+            held = req.claim_token == att.claim_token
+            if held and req.status == RequestStatus.OPEN:
+                # An admin cancelled and retried it while this attempt rang: it is still ours.
+                _apply(req, RequestEvent.CLAIM, now)
+            if not held or req.status != RequestStatus.DIALLING:
+                # Recovered, cancelled or claimed anew while the attempt rang: keep that.
+                return Finished(
+                    req.id, req.status, outcome, step.counted, req.due_at, req.close_reason, stale=True
+                )
+            req.operator_tries = step.operator_tries
+            req.last_attempt_at = step.last_attempt_at
+            _apply(req, step.event, now)
+            if step.event is RequestEvent.RETRY_LATER:
+                req.due_at = step.due_at
+                req.wait_reason = step.plan.wait.value if step.plan.wait else None
+                _log_plan(req.id, req.number, step.plan, req.client_zones or ())
+            if step.close_reason is not None:
+                req.close_reason = step.close_reason
+            return Finished(req.id, req.status, outcome, step.counted, req.due_at, req.close_reason)
 
-    async def in_flight(self) -> list[m.Attempt]:
+    async def in_flight(self, now: datetime) -> list[m.Attempt]:
+        """Attempts to reconcile: this node's own, and those on the same PBX whose node let the
+        lease run out (dead, or cut off from the database)."""
         async with self.session() as s:
             rows = await s.execute(
                 select(m.Attempt).where(
-                    m.Attempt.status.in_([a.value for a in IN_FLIGHT_ATTEMPTS]), m.Attempt.node == self.node
+                    m.Attempt.status.in_(_IN_FLIGHT),
+                    (m.Attempt.node == self.node)
+                    | (
+                        (m.Attempt.pbx == self.pbx)
+                        & (func.coalesce(m.Attempt.lease_until, m.Attempt.started_at) < now)
+                    ),
                 )
             )
             return list(rows.scalars())
 
+    async def take_over(self, attempt_id: str, now: datetime) -> bool:
+        """Make a dead node's attempt this node's, once; False if another node took it first."""
+        async with self.session() as s, s.begin():
+            res = await s.execute(
+                update(m.Attempt)
+                .where(
+                    m.Attempt.id == attempt_id,
+                    m.Attempt.status.in_(_IN_FLIGHT),
+                    (m.Attempt.node == self.node)
+                    | (func.coalesce(m.Attempt.lease_until, m.Attempt.started_at) < now),
+                )
+                .values(node=self.node, lease_until=now + self.attempt_lease)
+            )
+            return res.rowcount == 1
+
     async def release_stale_claims(self, now: datetime) -> int:
-        """Requests a dead daemon claimed and never finished go back to open."""
+        """Requests a dead daemon claimed and never started an attempt for go back to open."""
         async with self.session() as s, s.begin():
             reqs = (
                 (
@@ -560,10 +608,7 @@ class Store:
                     await s.execute(
                         select(func.count())
                         .select_from(m.Attempt)
-                        .where(
-                            m.Attempt.request_id == req.id,
-                            m.Attempt.status.in_([a.value for a in IN_FLIGHT_ATTEMPTS]),
-                        )
+                        .where(m.Attempt.request_id == req.id, m.Attempt.status.in_(_IN_FLIGHT))
                     )
                 ).scalar_one()
                 if live == 0:
@@ -578,7 +623,7 @@ class Store:
                 (
                     await s.execute(
                         select(m.Request)
-                        .where(m.Request.status == RequestStatus.OPEN.value, m.Request.created_at < cutoff)
+                        .where(m.Request.status == RequestStatus.OPEN.value, self._age_from() < cutoff)
                         .with_for_update(skip_locked=True)
                     )
                 )
@@ -678,6 +723,8 @@ class Store:
             if event is RequestEvent.CANCEL:
                 req.close_reason = "cancelled"
             if event is RequestEvent.RETRY_NOW:
+                if self.schedule.is_expired(req.age_from or req.created_at, now):
+                    req.age_from = now  # an admin's retry gives an expired request a new age
                 req.due_at = now
                 req.close_reason = None
             if event is RequestEvent.SCHEDULE:
@@ -715,9 +762,16 @@ class Store:
 
 # A request closed at birth: too old already, or the client's hours never meet ours.
 _CLOSED_BY = {"max_age": RequestStatus.EXPIRED, "no_common_hours": RequestStatus.FAILED}
+_IN_FLIGHT = [a.value for a in IN_FLIGHT_ATTEMPTS]
 
 
-def _counted():
-    from callbackd.domain.outcomes import COUNTED
-
-    return COUNTED
+def _snapshot(req: m.Request) -> RequestSnapshot:
+    return RequestSnapshot(
+        number=req.number,
+        attempts_made=req.attempts_made,
+        operator_tries=req.operator_tries,
+        last_attempt_at=req.last_attempt_at,
+        age_from=req.age_from or req.created_at,
+        client_zones=tuple(req.client_zones or ()),
+        queue=req.queue,
+    )

@@ -30,7 +30,10 @@ class Outcome(StrEnum):
     CLIENT_UNAVAILABLE = "client_unavailable"
     VOICEMAIL = "voicemail"  # answering-machine detection heard a machine; hung up on it
     INVALID_NUMBER = "invalid_number"
-    UNKNOWN = "unknown"  # the result was lost (crash, AMI gap); counted to stay safe
+    UNKNOWN = "unknown"  # older rows: the result was lost; counted to stay safe
+    # No result came before the stage's deadline, or the channel was gone at a resync
+    # (AMI gap, PBX restart). Counted: the client may have been rung.
+    RESULT_LOST = "result_lost"
 
 
 # Outcomes that use up one of the client's tries. The operator's failures do not:
@@ -45,6 +48,7 @@ COUNTED = frozenset(
         Outcome.VOICEMAIL,
         Outcome.INVALID_NUMBER,
         Outcome.UNKNOWN,
+        Outcome.RESULT_LOST,
     }
 )
 

@@ -1,8 +1,9 @@
 """The callback request's and the attempt's state machines, as data.
 
-Every status change in the daemon goes through :func:`request_transition` or
-:func:`attempt_transition`, so the table below is the one place that says what
-may follow what. Tests walk the table; nothing else encodes these rules.
+Every status change in the daemon goes through :func:`request_transition` (the
+store) or :func:`attempt_transition` (the attempt tracker, and the store when it
+finishes an attempt), so the tables below are the one place that says what may
+follow what. Tests walk the tables; nothing else encodes these rules.
 """
 
 from __future__ import annotations

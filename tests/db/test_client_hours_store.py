@@ -15,6 +15,7 @@ from callbackd.domain.calendar import BusinessCalendar, ClientWindow
 from callbackd.domain.intake import Contact, IntakeRules, Source, decide
 from callbackd.domain.ladder import Schedule
 from callbackd.domain.outcomes import Outcome
+from callbackd.domain.retry import OperatorFailover
 from callbackd.domain.states import RequestStatus
 
 MOSCOW = ZoneInfo("Europe/Moscow")
@@ -104,13 +105,12 @@ async def test_retry_after_an_attempt_keeps_to_client_hours(desk):
     c = abandon("v4", "+74232123456", at)
     await desk.record_contact(c, decide(c, RULES))
     [req] = await desk.claim_due(at, 5)
-    att = await desk.start_attempt(req.id, "PJSIP/op1", at)
+    att = await desk.start_attempt(req.id, "PJSIP/op1", at, token=req.claim_token)
     done = await desk.finish_attempt(
         att.id,
         Outcome.CLIENT_NO_ANSWER,
         at + timedelta(minutes=1),
-        max_operator_tries=3,
-        operator_retry_delay=timedelta(seconds=30),
+        failover=OperatorFailover(3, timedelta(seconds=30)),
     )
     # One hour on the ladder is 21:30 local: past the client's evening, so 09:00 next day.
     assert done.due_at == datetime(2026, 3, 4, 9, 0, tzinfo=VLADIVOSTOK)

@@ -6,12 +6,13 @@ from datetime import timedelta
 import pytest
 
 from callbackd.adapters import db
-from callbackd.adapters.store import Store
+from callbackd.adapters.store import NotFound, Store
 from callbackd.app import CLAIM_LEASE
 from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.intake import Contact, Disposition, IntakeRules, Source, decide
 from callbackd.domain.ladder import Schedule
 from callbackd.domain.outcomes import Outcome
+from callbackd.domain.retry import OperatorFailover
 from callbackd.domain.states import AttemptStatus, RequestEvent, RequestStatus
 
 RULES = IntakeRules(region="US")
@@ -111,28 +112,26 @@ async def test_busy_then_answer_walks_the_ladder(store, now):
     await add(store, contact("L1", at=now))
     req = await _claim_one(store, now)
     assert await store.claim_due(now, 5) == []  # never twice
-    att = await store.start_attempt(req.id, "PJSIP/op1", now)
+    att = await store.start_attempt(req.id, "PJSIP/op1", now, token=req.claim_token)
     assert att.status == AttemptStatus.DIALLING and att.try_no == 1 and att.channel_id == f"cbd-{att.id}"
     done = await store.finish_attempt(
         att.id,
         Outcome.CLIENT_BUSY,
         now + timedelta(seconds=20),
-        max_operator_tries=3,
-        operator_retry_delay=timedelta(seconds=30),
+        failover=OperatorFailover(3, timedelta(seconds=30)),
     )
     assert done.request_status == RequestStatus.OPEN and done.counted
     assert done.due_at == now + timedelta(minutes=10)  # the busy delay, from the attempt's start
     assert await store.claim_due(now + timedelta(minutes=9), 5) == []
     later = now + timedelta(minutes=10)
     req = await _claim_one(store, later)
-    att2 = await store.start_attempt(req.id, "PJSIP/op2", later)
+    att2 = await store.start_attempt(req.id, "PJSIP/op2", later, token=req.claim_token)
     assert att2.try_no == 2
     done = await store.finish_attempt(
         att2.id,
         Outcome.ANSWERED,
         later + timedelta(seconds=60),
-        max_operator_tries=3,
-        operator_retry_delay=timedelta(seconds=30),
+        failover=OperatorFailover(3, timedelta(seconds=30)),
         talk_seconds=42,
     )
     assert done.request_status == RequestStatus.REACHED and done.close_reason == "reached"
@@ -142,8 +141,7 @@ async def test_busy_then_answer_walks_the_ladder(store, now):
             att2.id,
             Outcome.CLIENT_BUSY,
             later,
-            max_operator_tries=3,
-            operator_retry_delay=timedelta(seconds=30),
+            failover=OperatorFailover(3, timedelta(seconds=30)),
         )
         is None
     )
@@ -159,13 +157,12 @@ async def test_operator_failures_do_not_use_client_tries(store, now):
     await add(store, contact("L1", at=now))
     for i in range(3):
         req = await _claim_one(store, now)
-        att = await store.start_attempt(req.id, f"PJSIP/op{i}", now)
+        att = await store.start_attempt(req.id, f"PJSIP/op{i}", now, token=req.claim_token)
         done = await store.finish_attempt(
             att.id,
             Outcome.OPERATOR_NO_ANSWER,
             now,
-            max_operator_tries=3,
-            operator_retry_delay=timedelta(seconds=30),
+            failover=OperatorFailover(3, timedelta(seconds=30)),
         )
         assert not done.counted
     # After three operators failed, the request waits the retry delay.
@@ -177,9 +174,12 @@ async def test_operator_failures_do_not_use_client_tries(store, now):
 async def test_invalid_number_closes_and_max_attempts_fail(store, now):
     await add(store, contact("L1", at=now))
     req = await _claim_one(store, now)
-    att = await store.start_attempt(req.id, "PJSIP/op1", now)
+    att = await store.start_attempt(req.id, "PJSIP/op1", now, token=req.claim_token)
     done = await store.finish_attempt(
-        att.id, Outcome.INVALID_NUMBER, now, max_operator_tries=3, operator_retry_delay=timedelta(seconds=30)
+        att.id,
+        Outcome.INVALID_NUMBER,
+        now,
+        failover=OperatorFailover(3, timedelta(seconds=30)),
     )
     assert (done.request_status, done.close_reason) == (RequestStatus.FAILED, "invalid_number")
 
@@ -187,13 +187,12 @@ async def test_invalid_number_closes_and_max_attempts_fail(store, now):
     t = now
     for _ in range(5):
         [req] = await store.claim_due(t, 5)
-        att = await store.start_attempt(req.id, "PJSIP/op1", t)
+        att = await store.start_attempt(req.id, "PJSIP/op1", t, token=req.claim_token)
         done = await store.finish_attempt(
             att.id,
             Outcome.CLIENT_NO_ANSWER,
             t,
-            max_operator_tries=3,
-            operator_retry_delay=timedelta(seconds=30),
+            failover=OperatorFailover(3, timedelta(seconds=30)),
         )
         if done.due_at:
             t = done.due_at
@@ -238,10 +237,13 @@ async def test_schedule_by_hand_is_audited_in_the_same_transaction(store, now):
 async def test_recovered_while_dialling_keeps_recovered(store, now):
     await add(store, contact("L1", at=now))
     req = await _claim_one(store, now)
-    att = await store.start_attempt(req.id, "PJSIP/op1", now)
+    att = await store.start_attempt(req.id, "PJSIP/op1", now, token=req.claim_token)
     await store.recover(NUMBER, now, "client_called_in")
     done = await store.finish_attempt(
-        att.id, Outcome.CLIENT_BUSY, now, max_operator_tries=3, operator_retry_delay=timedelta(seconds=30)
+        att.id,
+        Outcome.CLIENT_BUSY,
+        now,
+        failover=OperatorFailover(3, timedelta(seconds=30)),
     )
     assert done.request_status == RequestStatus.RECOVERED
 
@@ -268,3 +270,74 @@ async def test_claims_never_overlap(store, now, n):
         if len(ids) >= n:
             break
     assert len(ids) == len(set(ids)) == n
+
+
+def _other_node(store, node="other-node"):
+    from callbackd.adapters.store import Store
+
+    return Store(
+        store.engine, node=node, schedule=store.schedule, claim_lease=store.claim_lease, pbx=store.pbx
+    )
+
+
+FAILOVER = OperatorFailover(3, timedelta(seconds=30))
+
+
+async def test_cancel_and_retry_while_ringing_dials_nothing_twice(store, now):
+    """Cancel and retry while node A's attempt rings: B must not dial the number, and A's
+    outcome is applied once, to the request A still holds."""
+    b = _other_node(store)
+    await add(store, contact("L1", at=now))
+    req = await _claim_one(store, now)
+    att = await store.start_attempt(req.id, "PJSIP/op1", now, token=req.claim_token)
+    await store.admin_event(req.id, RequestEvent.CANCEL, now)
+    await store.admin_event(req.id, RequestEvent.RETRY_NOW, now)
+    assert await b.claim_due(now + timedelta(seconds=1), 5) == []  # A's call still rings
+    done = await store.finish_attempt(att.id, Outcome.ANSWERED, now + timedelta(seconds=9), failover=FAILOVER)
+    assert done.request_status == RequestStatus.REACHED
+    assert await b.claim_due(now + timedelta(seconds=10), 5) == []
+
+
+async def test_a_stale_outcome_never_moves_a_request_another_claim_holds(store, now):
+    b = _other_node(store)
+    await add(store, contact("L1", at=now))
+    req = await _claim_one(store, now)
+    att = await store.start_attempt(req.id, "PJSIP/op1", now, token=req.claim_token)
+    # A is cut off; its lease runs out and B reconciles the attempt as lost, then claims anew.
+    later = now + store.attempt_lease + timedelta(seconds=1)
+    [row] = await b.in_flight(later)
+    assert await b.take_over(row.id, later) and not await store.take_over(row.id, later)
+    await b.finish_attempt(row.id, Outcome.RESULT_LOST, later, failover=FAILOVER)
+    req_b = (await b.claim_due(later + timedelta(hours=2), 5))[0]
+    # A's late writes: the attempt is done, the request B holds is untouched.
+    assert await store.finish_attempt(att.id, Outcome.CLIENT_BUSY, later, failover=FAILOVER) is None
+    assert not await store.unclaim(req.id, later, token=req.claim_token)
+    with pytest.raises(NotFound):
+        await store.start_attempt(req.id, "PJSIP/op1", later, token=req.claim_token)
+    got, attempts, _ = await store.get_request(req.id)
+    assert got.status == RequestStatus.DIALLING and got.claim_token == req_b.claim_token
+    assert [a.outcome for a in attempts] == ["result_lost"] and got.attempts_made == 1
+
+
+async def test_cancel_while_another_node_dials_is_kept(store, now):
+    b = _other_node(store)
+    await add(store, contact("L1", at=now))
+    req = await _claim_one(store, now)
+    att = await store.start_attempt(req.id, "PJSIP/op1", now, token=req.claim_token)
+    await b.admin_event(req.id, RequestEvent.CANCEL, now)
+    assert not await store.mark_attempt(att.id, AttemptStatus.OPERATOR_UP)  # tells A to hang up
+    done = await store.finish_attempt(att.id, Outcome.OPERATOR_HANGUP, now, failover=FAILOVER)
+    assert done.request_status == RequestStatus.CANCELLED and done.stale
+    assert await b.claim_due(now + timedelta(hours=1), 5) == []
+
+
+async def test_an_old_open_request_is_never_claimed_and_a_retry_restarts_its_age(store, now):
+    await add(store, contact("L1", at=now))
+    week = now + timedelta(days=8)
+    assert await store.claim_due(week, 5) == []  # before any housekeeping pass
+    assert await store.expire_old(week) == 1
+    [row] = await store.list_requests()
+    req = await store.admin_event(row.id, RequestEvent.RETRY_NOW, week)
+    assert req.status == RequestStatus.OPEN
+    assert await store.expire_old(week + timedelta(minutes=1)) == 0  # the next pass keeps it
+    assert len(await store.claim_due(week + timedelta(minutes=1), 5)) == 1

@@ -1,10 +1,12 @@
-"""Property: random interleavings of intake, dialer and admin calls on a real SQLite store keep
-the invariants the dialer relies on, checked in the database after every step.
+"""Property: random interleavings of intake, two dialer nodes and admin calls on a real SQLite
+store keep the invariants the dialers rely on, checked in the database after every step.
 
-The machine plays the dialer's discipline (it never claims a number that has an attempt
-in flight, as Dialer.tick passes its busy numbers) and everything else at random: new
-contacts (valid, blocked and junk numbers, redeliveries), claims, attempts and their
-outcomes, recoveries, admin cancel and retry, stale-claim release, expiry, time passing.
+Two nodes share the database. Each passes only its own busy numbers to the claim (as
+Dialer.tick does); everything else is random: new contacts (valid, blocked and junk numbers,
+redeliveries), claims, attempts and their outcomes (also late ones from a node whose attempt
+was taken over), recoveries, admin cancel and retry during a ring, reconciliation of the other
+node's attempts after its lease, stale-claim release, expiry, time passing. Never two attempts
+of one number in flight; a closed request reopens only by an admin's retry.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from callbackd.domain.intake import Contact, IntakeRules, Source, decide
 from callbackd.domain.ladder import RetryLadder, Schedule
 from callbackd.domain.outcomes import Outcome
 from callbackd.domain.phone import NumberRules
+from callbackd.domain.retry import OperatorFailover
 from callbackd.domain.states import IN_FLIGHT_ATTEMPTS, OPEN_STATUSES, RequestEvent, RequestStatus
 
 MAX_ATTEMPTS = 3
@@ -62,16 +65,23 @@ RAW_NUMBERS = st.sampled_from(["2025550123", "+1 202 555 0123", "3125550188"]) |
 IN_FLIGHT = [a.value for a in IN_FLIGHT_ATTEMPTS]
 
 
+NODES = ("a", "b")
+
+
 class StoreMachine(RuleBasedStateMachine):
     loop: asyncio.AbstractEventLoop
-    store: Store
+    stores: dict[str, Store]
 
     def __init__(self) -> None:
         super().__init__()
         self.now = T0
-        self.claimed: list[int] = []  # claimed by us, no attempt started yet
-        self.in_flight: dict[str, str] = {}  # attempt id -> number
+        self.store = self.stores["a"]
+        # Per node: claimed, no attempt started yet (request id -> token); attempts it follows.
+        self.claimed: dict[str, dict[int, str | None]] = {n: {} for n in NODES}
+        self.in_flight: dict[str, dict[str, str]] = {n: {} for n in NODES}  # attempt id -> number
         self.retries: Counter[int] = Counter()  # admin retries per request
+        self.retried_now: set[int] = set()  # reopened by an admin in this step
+        self.statuses: dict[int, str] = {}
         self.refs = 0
         self.run(self._wipe())
 
@@ -107,49 +117,69 @@ class StoreMachine(RuleBasedStateMachine):
     def recover(self, number: str) -> None:
         self.run(self.store.recover(number, self.now, "client_called_in"))
 
-    # -- the dialer ----------------------------------------------------------------------
+    # -- the dialers -------------------------------------------------------------------
 
-    @rule(limit=st.integers(1, 3))
-    def claim_due(self, limit: int) -> None:
-        busy = list(self.in_flight.values())
-        claimed = self.run(self.store.claim_due(self.now, limit, exclude_numbers=busy))
+    @rule(node=st.sampled_from(NODES), limit=st.integers(1, 3))
+    def claim_due(self, node: str, limit: int) -> None:
+        busy = list(self.in_flight[node].values())
+        claimed = self.run(self.stores[node].claim_due(self.now, limit, exclude_numbers=busy))
         for req in claimed:
             assert req.status == RequestStatus.DIALLING and req.number not in busy
             assert E164_RE.fullmatch(req.number), req.number
-        self.claimed.extend(r.id for r in claimed)
+            self.claimed[node][req.id] = req.claim_token
 
-    @precondition(lambda self: self.claimed)
+    def _with(self, table: dict[str, dict[Any, Any]], data: st.DataObject) -> str:
+        return data.draw(st.sampled_from([n for n in NODES if table[n]]))
+
+    @precondition(lambda self: any(self.claimed.values()))
     @rule(data=st.data(), operator=st.sampled_from(["PJSIP/op1", "PJSIP/op2"]))
     def start_attempt(self, data: st.DataObject, operator: str) -> None:
-        rid = data.draw(st.sampled_from(self.claimed))
-        self.claimed.remove(rid)
+        node = self._with(self.claimed, data)
+        rid = data.draw(st.sampled_from(sorted(self.claimed[node])))
+        token = self.claimed[node].pop(rid)
         try:
-            att = self.run(self.store.start_attempt(rid, operator, self.now))
-        except NotFound:  # cancelled or recovered between the claim and the attempt
+            att = self.run(self.stores[node].start_attempt(rid, operator, self.now, token=token))
+        except NotFound:  # cancelled, recovered or released between the claim and the attempt
             return
-        self.in_flight[att.id] = att.number
+        self.in_flight[node][att.id] = att.number
 
-    @precondition(lambda self: self.claimed)
+    @precondition(lambda self: any(self.claimed.values()))
     @rule(data=st.data())
     def unclaim(self, data: st.DataObject) -> None:
-        rid = data.draw(st.sampled_from(self.claimed))
-        self.claimed.remove(rid)
-        self.run(self.store.unclaim(rid, self.now))
+        node = self._with(self.claimed, data)
+        rid = data.draw(st.sampled_from(sorted(self.claimed[node])))
+        self.run(self.stores[node].unclaim(rid, self.now, token=self.claimed[node].pop(rid)))
 
-    @precondition(lambda self: self.in_flight)
+    @precondition(lambda self: any(self.in_flight.values()))
     @rule(data=st.data(), outcome=st.sampled_from(Outcome))
     def finish_attempt(self, data: st.DataObject, outcome: Outcome) -> None:
-        attempt_id = data.draw(st.sampled_from(sorted(self.in_flight)))
-        del self.in_flight[attempt_id]
+        node = self._with(self.in_flight, data)
+        attempt_id = data.draw(st.sampled_from(sorted(self.in_flight[node])))
+        del self.in_flight[node][attempt_id]
         self.run(
-            self.store.finish_attempt(
-                attempt_id,
-                outcome,
-                self.now,
-                max_operator_tries=2,
-                operator_retry_delay=timedelta(minutes=1),
+            self.stores[node].finish_attempt(
+                attempt_id, outcome, self.now, failover=OperatorFailover(2, timedelta(minutes=1))
             )
         )
+
+    @rule(node=st.sampled_from(NODES), gone=st.booleans())
+    def reconcile(self, node: str, gone: bool) -> None:
+        """What Dialer.reconcile does with the in-flight rows it may take over."""
+        store = self.stores[node]
+        for row in self.run(store.in_flight(self.now)):
+            if not self.run(store.take_over(row.id, self.now)):
+                continue
+            if gone:
+                self.run(
+                    store.finish_attempt(
+                        row.id,
+                        Outcome.RESULT_LOST,
+                        self.now,
+                        failover=OperatorFailover(2, timedelta(minutes=1)),
+                    )
+                )
+            else:  # still up: followed here; the other node's belief is stale now
+                self.in_flight[node][row.id] = row.number
 
     # -- admin and housekeeping ------------------------------------------------------------
 
@@ -165,18 +195,50 @@ class StoreMachine(RuleBasedStateMachine):
             return
         if event is RequestEvent.RETRY_NOW:
             self.retries[rid] += 1
+            self.retried_now.add(rid)
+
+    @precondition(lambda self: any(self.in_flight.values()))
+    @rule(data=st.data(), retry=st.booleans())
+    def cancel_while_ringing(self, data: st.DataObject, retry: bool) -> None:
+        """An admin cancels (and maybe retries) a request whose attempt rings on a node."""
+        node = self._with(self.in_flight, data)
+        attempt_id = data.draw(st.sampled_from(sorted(self.in_flight[node])))
+        rid = self.run(self._attempt_request(attempt_id))
+        for event in (RequestEvent.CANCEL, RequestEvent.RETRY_NOW)[: 1 + retry]:
+            try:
+                self.run(self.store.admin_event(rid, event, self.now))
+            except IllegalTransition:
+                return
+        if retry:
+            self.retries[rid] += 1
+            self.retried_now.add(rid)
+            # The other daemon polls during the ring, as it does every few seconds.
+            other = next(n for n in NODES if n != node)
+            self.claim_due(other, 3)
+            for req_id, token in list(self.claimed[other].items()):
+                self.claimed[other].pop(req_id)
+                try:
+                    att = self.run(
+                        self.stores[other].start_attempt(req_id, "PJSIP/op2", self.now, token=token)
+                    )
+                except NotFound:
+                    continue
+                self.in_flight[other][att.id] = att.number
+
+    async def _attempt_request(self, attempt_id: str) -> int:
+        async with self.store.session() as s:
+            att = await s.get(m.Attempt, attempt_id)
+            assert att is not None
+            return att.request_id
 
     @rule(minutes=st.integers(0, 180))
     def time_passes(self, minutes: int) -> None:
         self.now += timedelta(minutes=minutes)
 
-    @rule()
-    def housekeeping(self) -> None:
-        self.run(self.store.expire_old(self.now))
-        self.run(self.store.release_stale_claims(self.now))
-        # A released claim is open again: the dialer would not start an attempt for it.
-        open_ids = {r.id for r in self.run(self.store.list_requests(status=RequestStatus.OPEN.value))}
-        self.claimed = [rid for rid in self.claimed if rid not in open_ids]
+    @rule(node=st.sampled_from(NODES))
+    def housekeeping(self, node: str) -> None:
+        self.run(self.stores[node].expire_old(self.now))
+        self.run(self.stores[node].release_stale_claims(self.now))
 
     # -- invariants, read back from the database -----------------------------------------------
 
@@ -195,7 +257,13 @@ class StoreMachine(RuleBasedStateMachine):
         for a in attempts:
             by_request.setdefault(a.request_id, []).append(a)
             assert E164_RE.fullmatch(a.number), a.number
+        in_flight = Counter(a.number for a in attempts if a.status in IN_FLIGHT)
+        assert all(n == 1 for n in in_flight.values()), f"two attempts of one number in flight: {in_flight}"
         for r in requests:
+            before = self.statuses.get(r.id)
+            if before is not None and before not in OPEN_STATUSES and r.status != before:
+                assert r.id in self.retried_now, f"request {r.id} went {before} -> {r.status} unasked"
+            self.statuses[r.id] = r.status
             assert E164_RE.fullmatch(r.number), r.number
             mine = by_request.get(r.id, [])
             live = [a for a in mine if a.status in IN_FLIGHT]
@@ -207,6 +275,7 @@ class StoreMachine(RuleBasedStateMachine):
                 assert r.closed_at is None
             else:
                 assert r.closed_at is not None and r.due_at is None
+        self.retried_now.clear()
         for c in contacts:
             assert c.number is None or E164_RE.fullmatch(c.number), c.number
             if c.request_id is not None:
@@ -234,7 +303,9 @@ def test_store_invariants_hold_under_random_interleavings(tmp_path):
     try:
         loop.run_until_complete(db.upgrade(engine))
         StoreMachine.loop = loop
-        StoreMachine.store = Store(engine, node="prop", schedule=SCHEDULE, claim_lease=CLAIM_LEASE)
+        StoreMachine.stores = {
+            n: Store(engine, node=n, schedule=SCHEDULE, claim_lease=CLAIM_LEASE, pbx="lab") for n in NODES
+        }
         run_state_machine_as_test(
             StoreMachine,
             settings=settings(

@@ -26,6 +26,7 @@ from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.intake import Contact, IntakeRules, Source, decide
 from callbackd.domain.ladder import Schedule
 from callbackd.domain.outcomes import Outcome
+from callbackd.domain.retry import OperatorFailover
 from callbackd.domain.states import RequestEvent
 
 SECRET = b"webhook-secret-0123456789abcdef"
@@ -140,9 +141,9 @@ async def until(predicate, timeout: float = 60.0) -> None:
 async def a_callback(store: Store, rid: int, outcome: Outcome, now: datetime) -> None:
     [req] = await store.claim_due(now, 5)
     assert req.id == rid
-    att = await store.start_attempt(rid, "PJSIP/op1", now)
+    att = await store.start_attempt(rid, "PJSIP/op1", now, token=req.claim_token)
     await store.finish_attempt(
-        att.id, outcome, now, max_operator_tries=3, operator_retry_delay=timedelta(seconds=30),
+        att.id, outcome, now, failover=OperatorFailover(3, timedelta(seconds=30)),
         **({"talk_seconds": 42} if outcome is Outcome.ANSWERED else {}),
     )  # fmt: skip
 

@@ -207,6 +207,9 @@ async def test_intake_and_ami_login_at_debug_level_log_no_secret(tmp_path, monke
                     "password": MQTT_PASSWORD,
                     "topic": f"callbackd-test/{uuid.uuid4().hex}/leads",
                     "reply_topic": f"callbackd-test/{uuid.uuid4().hex}/reply",
+                    # Its own session: the default id (from the node name) is shared by every daemon
+                    # on this host, and a broker drops one of two clients that use one id.
+                    "client_id": f"callbackd-test-{uuid.uuid4().hex[:8]}",
                 },
             }
         )

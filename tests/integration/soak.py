@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Soak: random inbound traffic and web leads on the lab while the daemon is killed, Asterisk and
-Mosquitto are restarted and the database goes away (SQLite: locked for 40 s by another connection;
-PostgreSQL: ALLOW_CONNECTIONS false and its sessions killed, for 40 s); then an invariant checker.
+Mosquitto are restarted, the database goes away (SQLite: locked for 40 s by another connection;
+PostgreSQL: ALLOW_CONNECTIONS false and its sessions killed, for 40 s), the AMI link is cut right after
+an Originate's ack, and a second daemon on the same database dials too while an admin cancels and
+retries requests that ring; then an invariant checker over what happened.
 
     python tests/integration/soak.py --calls 500 --kills 10                  # the full soak (about 15 min)
     python tests/integration/soak.py --calls 500 --kills 10 --database postgresql
@@ -36,7 +38,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from labdaemon import DaemonProcess, lab_config  # noqa: E402
+from amiproxy import AmiProxy  # noqa: E402
+from labdaemon import DaemonProcess, cli, lab_config  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent))
 from dbfaults import SqliteLock, pg_outage  # noqa: E402
@@ -254,6 +257,7 @@ class Soak:
                 await self.restart_mosquitto()
             if i == outage_at:
                 outage = asyncio.create_task(self.database_outage())  # traffic goes on meanwhile
+            await attempt_faults(self, i, n)
             await asyncio.sleep(rate)
         if outage is not None:
             await outage
@@ -293,12 +297,15 @@ class Soak:
             on_event=lambda e: self.rec.events.append((time.time(), e)),
         )
         await watch.start()
-        self.start_daemon()
+        await attach_ami_proxy(self)
+        await asyncio.to_thread(self.start_daemon)  # the proxy runs on this loop
+        await asyncio.to_thread(start_second_daemon, self)
         started = time.time()
         try:
             await self.traffic(rate)
             settled = await self.settle(settle)
         finally:
+            stop_second_daemon(self)
             code = self.daemon.stop() if self.daemon else None
             await watch.close()
         if self.pg_url is not None:
@@ -343,6 +350,7 @@ class Checker:
         self.check_accepted()
         self.check_resync()
         self.check_end_state()
+        attempt_figures = check_dialling_after_heal(self)
         outcomes = dict(self.db.execute("SELECT outcome, count(*) FROM attempts GROUP BY outcome").fetchall())
         statuses = dict(self.db.execute("SELECT status, count(*) FROM requests GROUP BY status").fetchall())
         return {
@@ -365,6 +373,7 @@ class Checker:
             "abandons_during_outage": self.abandons_in_outage,
             "spool_replays": sum(len(d.events("spool.replayed")) for d in self.rec.daemons),
             "left_in_spool": len(spool_lines(self.s.work)),
+            **attempt_figures,
             "daemon_processes": len(self.rec.daemons),
             "violations": {k: len(v) for k, v in self.violations.items()},
             "violation_examples": {k: v[:3] for k, v in self.violations.items() if v},
@@ -607,6 +616,138 @@ def _plain(value: object) -> object:
     if isinstance(value, list | dict):
         return json.dumps(value)
     return value
+
+
+# -- attempt faults: the AMI cut mid-Originate and a second daemon with admin cancel/retry ----------
+
+# A request in flight across a fault must leave `dialling` within the rings plus the talk plus this.
+DIALLING_GRACE = 15.0
+RING_AND_TALK = 6 + 6 + 2  # the soak config's operator_ring, client_ring and the PSTN's talk time
+
+
+@dataclass
+class AttemptFaults:
+    proxy: AmiProxy
+    cuts: list[tuple[float, float]] = field(default_factory=list)  # (cut, healed), wall time
+    admin: list[tuple[float, int]] = field(default_factory=list)  # (at, request id) cancel + retry
+    second: DaemonProcess | None = None
+
+
+async def attach_ami_proxy(soak: Soak) -> None:
+    """Every daemon reaches AMI through a proxy the soak can cut (same PBX identity for all)."""
+    proxy = await AmiProxy().start()
+    soak.attempt_faults = AttemptFaults(proxy)  # type: ignore[attr-defined]
+    text = soak.config.read_text().replace("port = 5038", f"port = {proxy.port}", 1)
+    soak.config.write_text(text)
+
+
+def start_second_daemon(soak: Soak) -> None:
+    """Node b on the same database and PBX, without the intake listeners (node a owns them)."""
+    faults: AttemptFaults = soak.attempt_faults  # type: ignore[attr-defined]
+    home = soak.work / "node-b"
+    home.mkdir(exist_ok=True)
+    text = soak.config.read_text()
+    # Same Asterisk, same identity: calls are deduplicated across both, attempts reconciled by either.
+    text = text.replace('node = "lab"', 'node = "soak-b"\npbx = "lab"', 1)
+    text = text.replace(str(soak.work / "status.json"), str(home / "status.json"))
+    for section in ("agi", "http", "mqtt"):
+        text = text.replace(f"[{section}]\nenabled = true", f"[{section}]\nenabled = false")
+    config = home / "callbackd.toml"
+    config.write_text(text)
+    config.chmod(0o600)
+    d = DaemonProcess(config, log_file=soak.work / "daemon-b.log")
+    soak.rec.daemons.append(d)
+    faults.second = d
+    d.wait_for("ami.resynced", timeout=60)
+
+
+def stop_second_daemon(soak: Soak) -> None:
+    faults: AttemptFaults | None = getattr(soak, "attempt_faults", None)
+    if faults is not None and faults.second is not None:
+        faults.second.stop()
+
+
+async def attempt_faults(soak: Soak, i: int, n: int) -> None:
+    """At a third and at two thirds of the traffic: cut AMI right after an Originate's ack;
+    in between, every tenth call, an admin cancels and retries a request while it rings."""
+    if i in (n // 3, 2 * n // 3):
+        await cut_ami_mid_originate(soak, hold=soak.rng.uniform(3, 12))
+    elif i % 10 == 5:
+        await admin_cancel_retry(soak)
+
+
+async def cut_ami_mid_originate(soak: Soak, hold: float) -> None:
+    faults: AttemptFaults = soak.attempt_faults  # type: ignore[attr-defined]
+    proxy = faults.proxy
+    proxy.cut_after(b"Originate successfully queued")
+    for _ in range(600):  # the next Originate, within a minute
+        if proxy.down:
+            break
+        await asyncio.sleep(0.1)
+    if not proxy.down:
+        proxy.cut()  # no Originate came: cut anyway, the rest of the checks still hold
+    cut_at = time.time()
+    await asyncio.sleep(hold)
+    proxy.heal()
+    faults.cuts.append((cut_at, time.time()))
+
+
+async def admin_cancel_retry(soak: Soak) -> None:
+    """`requests cancel` then `requests retry` on a request some daemon is dialling."""
+    faults: AttemptFaults = soak.attempt_faults  # type: ignore[attr-defined]
+    con = sqlite3.connect(soak.db_path, timeout=30)
+    try:
+        row = con.execute("SELECT id FROM requests WHERE status = 'dialling' LIMIT 1").fetchone()
+    finally:
+        con.close()
+    if row is None:
+        return
+    config = faults.second.config if faults.second is not None else soak.config
+    await asyncio.to_thread(cli, config, "requests", "cancel", str(row[0]), check=False)
+    await asyncio.to_thread(cli, config, "requests", "retry", str(row[0]), check=False)
+    faults.admin.append((time.time(), row[0]))
+
+
+def check_dialling_after_heal(checker: Checker) -> dict:
+    """No request stays `dialling` longer than ring time plus grace once a fault has healed:
+    every attempt in flight across a heal (AMI cut, kill -9 and restart, Asterisk restart)
+    ends within the limit after it; none is left in flight at the end."""
+    faults: AttemptFaults | None = getattr(checker.s, "attempt_faults", None)
+    heals = [healed for _cut, healed in (faults.cuts if faults else [])]
+    for d in checker.rec.daemons[1:]:  # every restarted daemon's first resync
+        ready = next((ts(e) for e in d.lines if e.get("event") == "ami.resynced"), None)
+        if ready is not None:
+            heals.append(ready)
+    heals += [at + 15 for at in checker.rec.asterisk_restarts]  # the restart takes a few seconds
+    limit = RING_AND_TALK + DIALLING_GRACE
+    longest = 0.0
+    for row in checker.db.execute("SELECT id, request_id, started_at, ended_at FROM attempts"):
+        started = _db_time(row["started_at"])
+        ended = _db_time(row["ended_at"]) if row["ended_at"] else None
+        if ended is None:
+            checker.violations["dialling_after_heal"].append({"attempt": row["id"], "ended": None})
+            continue
+        crossed = [h for h in heals if started < h <= ended]
+        if not crossed:
+            continue
+        took = ended - max(crossed)
+        longest = max(longest, took)
+        if took > limit:
+            checker.violations["dialling_after_heal"].append(
+                {"attempt": row["id"], "request": row["request_id"], "seconds": round(took, 1)}
+            )
+    stuck = checker.db.execute("SELECT count(*) FROM requests WHERE status = 'dialling'").fetchone()[0]
+    if stuck:
+        checker.violations["requests_left_dialling"].append(stuck)
+    return {
+        "ami_cuts": len(faults.cuts) if faults else 0,
+        "admin_cancel_retry": len(faults.admin) if faults else 0,
+        "longest_dialling_after_heal_s": round(longest, 1),
+    }
+
+
+def _db_time(value: str) -> float:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
 
 
 def ts(e: dict) -> float:

@@ -1,6 +1,7 @@
-"""The CI-sized soak: 40 calls, 2 kill -9s, an Asterisk restart, a Mosquitto restart and the SQLite file
-locked for 40 s while traffic goes on, then every invariant (every abandon raised while a daemon was
-attached is in the database). The full one: ``python tests/integration/soak.py --calls 500 --kills 10``."""
+"""The CI-sized soak: 40 calls, 2 kill -9s, an Asterisk restart, a Mosquitto restart, the SQLite file
+locked for 40 s while traffic goes on, two AMI cuts mid-Originate and a second daemon with admin
+cancel/retry, then every invariant (every abandon raised while a daemon was attached is in the
+database). The full one: ``python tests/integration/soak.py --calls 500 --kills 10``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ async def test_soak_ci_sized(lab, tmp_path):
     assert report["kills"] == 2 and report["asterisk_restarts"] == 1
     assert report["mosquitto_restarts"] == 1 and report["db_outages"] == 1
     assert report["abandons_checked"] > 0 and report["left_in_spool"] == 0
+    assert report["ami_cuts"] == 2
     assert report["missed_checked"] > 0 and sum(report["attempts"].values()) > 0
     assert report["settled"], report
     assert not any(report["violations"].values()), report["violation_examples"]

@@ -1,17 +1,22 @@
 """Property: random event sequences through the request table never reach a forbidden state.
 
-The machine plays the dialer (claim, then an attempt outcome through the ladder's
-verdict, the way the store applies it) and the outside world (recovery, expiry, admin
-cancel and retry) in any order, and tries illegal events on the way.
+The machine plays the dialer (claim, then an attempt outcome through the retry policy,
+:func:`callbackd.domain.retry.next_step`, which the store applies) and the outside world
+(recovery, expiry, admin cancel and retry) in any order, and tries illegal events on the way.
 """
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.errors import IllegalTransition
-from callbackd.domain.outcomes import COUNTED, Outcome, verdict
+from callbackd.domain.ladder import RetryLadder, Schedule
+from callbackd.domain.outcomes import COUNTED, Outcome
+from callbackd.domain.retry import OperatorFailover, RequestSnapshot, next_step
 from callbackd.domain.states import (
     CLOSED_STATUSES,
     REQUEST_TRANSITIONS,
@@ -24,14 +29,24 @@ R = RequestStatus
 E = RequestEvent
 ABSORBING = frozenset({R.REACHED, R.RECOVERED})
 ADMIN_REOPEN = frozenset({E.RETRY_NOW, E.SCHEDULE})  # an admin's call now or at a chosen time
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+MAX_AGE = timedelta(days=1)
+FAILOVER = OperatorFailover(2, timedelta(seconds=30))
 
 
 class RequestLifecycle(RuleBasedStateMachine):
     @initialize(max_attempts=st.integers(1, 6))
     def open_request(self, max_attempts: int) -> None:
         self.max_attempts = max_attempts
+        self.schedule = Schedule(
+            calendar=BusinessCalendar.always_open("UTC"),
+            ladder=RetryLadder(max_attempts=max_attempts),
+            max_age=MAX_AGE,
+        )
         self.status = R.OPEN
         self.attempts = 0
+        self.operator_tries = 0
+        self.last_at: datetime | None = None
         self.in_flight = False  # an attempt rings; it may outlive its request's DIALLING
         self.admin_retries = 0
         self.steps: list[tuple[R, E, R]] = []
@@ -60,20 +75,20 @@ class RequestLifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.in_flight)
     @rule(outcome=st.sampled_from(Outcome), calendar_exhausted=st.booleans())
     def attempt_ends(self, outcome: Outcome, calendar_exhausted: bool) -> None:
-        """What Store.finish_attempt does with the outcome."""
+        """The retry policy's step, applied the way Store.finish_attempt applies it."""
         self.in_flight = False
-        counted = outcome in COUNTED
-        tries = self.attempts + (1 if counted else 0)
-        v = verdict(outcome, tries, self.max_attempts)
-        assert v.counted is counted
-        if counted:
-            self.attempts = tries
+        now = T0 + timedelta(days=len(self.steps))
+        # An exhausted calendar: the request is nearly max_age old, no rung fits any more.
+        age_from = now - MAX_AGE + timedelta(minutes=1) if calendar_exhausted else now
+        snap = RequestSnapshot("+12025550123", self.attempts, self.operator_tries, self.last_at, age_from)
+        step = next_step(outcome, snap, now, now, self.schedule, FAILOVER)
+        assert step.counted is (outcome in COUNTED)
+        self.attempts = step.attempts_made
         if self.status is not R.DIALLING:
             return  # recovered or cancelled while it rang: that verdict stays
-        event = v.event
-        if event is E.RETRY_LATER and calendar_exhausted:  # no due time left before max_age
-            event = E.EXPIRE if self.attempts < self.max_attempts else E.FAIL
-        assert self._send(event), f"the dialer sent an illegal {event} from DIALLING"
+        self.operator_tries, self.last_at = step.operator_tries, step.last_attempt_at
+        assert self._send(step.event), f"the dialer sent an illegal {step.event} from DIALLING"
+        assert (step.due_at is not None) is (step.event is E.RETRY_LATER)
 
     # -- everything else -------------------------------------------------------------
 
