@@ -57,7 +57,10 @@ async def test_operator_who_does_not_answer_then_one_who_does(lab, fresh, daemon
 
 async def test_client_busy_on_try_one_answers_on_try_two(lab, fresh, daemon_factory, tmp_path):
     lab.pstn("+12025550202", "busy,answer")
-    config = lab_config(tmp_path, replace={'delays = ["1h", "3h", "6h"]': 'delays = ["4s"]'})
+    # After a busy line the wait is schedule.outcome_delays.busy (10 min by default), not the rung.
+    config = lab_config(
+        tmp_path, replace={'delays = ["1h", "3h", "6h"]': 'delays = ["4s"]\noutcome_delays = { busy = "4s" }'}
+    )
     daemon = daemon_factory(config)
     add(config, "+12025550202")
     o1 = await wait(daemon, "attempt.outcome", 40, number="+12025550202", try_no=1)
