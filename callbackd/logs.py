@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -39,13 +39,15 @@ class LastProblem:
 last_problem = LastProblem()
 
 
-def setup(level: str = "info", fmt: str = "auto") -> None:
+def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Logs to *stream* (stdout, which journald reads, unless told otherwise)."""
+    out = stream or sys.stdout
     lvl = getattr(logging, level.upper(), logging.INFO)
     if fmt == "auto":
-        fmt = "console" if sys.stdout.isatty() else "json"
+        fmt = "console" if out.isatty() else "json"
     renderer: structlog.types.Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
     shared: list[structlog.types.Processor] = [
@@ -56,11 +58,11 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[*shared, last_problem, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (panoramisk, uvicorn, alembic) go through the same renderer.
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

@@ -34,7 +34,10 @@ async def test_report_figures_match_a_mixed_session(lab, daemon_factory, tmp_pat
     lab.pstn("--reset")
     lab.pstn("--talk", "2")
     lab.pstn(f"+1{B}", "busy,answer")
-    config = lab_config(tmp_path, replace={'delays = ["1h", "3h", "6h"]': 'delays = ["4s"]'})
+    # A busy try waits schedule.outcome_delays.busy (10 min by default), not the 4 s rung.
+    config = lab_config(
+        tmp_path, replace={'delays = ["1h", "3h", "6h"]': 'delays = ["4s"]\noutcome_delays = { busy = "4s" }'}
+    )
     start = datetime.now(UTC) - timedelta(seconds=5)
     daemon = daemon_factory(config)
     pause(lab, "op1", "op2")

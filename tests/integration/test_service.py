@@ -154,7 +154,8 @@ async def test_sighup_applies_live_settings_and_keeps_ami(lab, fresh, tmp_path):
             tmp_path,
             replace={
                 'default_region = "US"': f'default_region = "US"\nblacklist = ["{blacklist}"]',
-                'delays = ["1h", "3h", "6h"]': f"delays = [{delays}]",
+                # The busy client below tests the ladder itself: no shorter wait after a busy line.
+                'delays = ["1h", "3h", "6h"]': f'delays = [{delays}]\noutcome_delays = {{ busy = "ladder" }}',
                 "max_concurrent = 2": f"max_concurrent = {max_concurrent}",
                 'ping_interval = "5s"': f'ping_interval = "{ping}"',
             },
@@ -324,7 +325,14 @@ async def test_metrics_endpoint_of_a_running_daemon(lab, fresh, tmp_path):
     token = tmp_path / "http-token"
     token.write_text(TOKEN)
     token.chmod(0o600)
-    config = lab_config(tmp_path, extra=f'\n[http]\nenabled = true\nport = {port}\ntoken_file = "{token}"\n')
+    config = lab_config(
+        tmp_path,
+        extra=f'\n[http]\nenabled = true\nport = {port}\ntoken_file = "{token}"\n',
+        # The next due time below is the ladder's rung, not the shorter wait after a busy line.
+        replace={
+            'delays = ["1h", "3h", "6h"]': 'delays = ["1h", "3h", "6h"]\noutcome_delays = { busy = "ladder" }'
+        },
+    )
     daemon = DaemonProcess(config)
     try:
         await wait(daemon, "ami.resynced", 30)
