@@ -297,7 +297,14 @@ def cmd_call(args) -> int:
 
 def prune_call_logs(keep: int = 200) -> None:
     calls_dir = state_path("calls")
-    logs = sorted(calls_dir.glob("*.messages.log"), key=lambda f: f.stat().st_mtime)
+    def mtime(f: Path) -> float:
+        # A call placed at the same moment may prune the same file between glob and stat.
+        try:
+            return f.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    logs = sorted(calls_dir.glob("*.messages.log"), key=mtime)
     for f in logs[:-keep]:
         for g in (f, f.with_name(f.name.replace(".messages.log", ".out"))):
             with contextlib.suppress(FileNotFoundError):
