@@ -95,6 +95,8 @@ attempts_per_hour = 5000
         replace={
             'delays = ["1h", "3h", "6h"]': (
                 f'delays = ["2s", "4s"]\nmax_attempts = {MAX_ATTEMPTS}\nopening_spread = "10s"'
+                # Busy and congested clients on the soak's short ladder too, not 10 and 2 minutes later.
+                '\noutcome_delays = { busy = "ladder", congestion = "ladder" }'
             ),
             'short_abandon = "5s"': f'short_abandon = "{SHORT}s"',
             '"mon-sun" = "00:00-24:00"': f'"mon-sun" = {hours}',
