@@ -687,11 +687,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.func is not cmd_run:
-        # A command's output is stdout; the library's own notes (warnings and worse) go to stderr.
-        from callbackd import logs
-
-        logs.setup("warning", "console", stream=sys.stderr)
     try:
         return args.func(args)
     except ConfigError as exc:

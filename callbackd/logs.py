@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 
@@ -39,15 +39,13 @@ class LastProblem:
 last_problem = LastProblem()
 
 
-def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Logs to *stream* (stdout, which journald reads, unless told otherwise)."""
-    out = stream or sys.stdout
+def setup(level: str = "info", fmt: str = "auto") -> None:
     lvl = getattr(logging, level.upper(), logging.INFO)
     if fmt == "auto":
-        fmt = "console" if out.isatty() else "json"
+        fmt = "console" if sys.stdout.isatty() else "json"
     renderer: structlog.types.Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
     shared: list[structlog.types.Processor] = [
@@ -58,11 +56,11 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     structlog.configure(
         processors=[*shared, last_problem, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (panoramisk, uvicorn, alembic) go through the same renderer.
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

@@ -52,8 +52,10 @@ def ts(event: dict) -> float:
 
 def add(config: Path, number: str) -> int:
     out = cli(config, "requests", "add", number)
-    assert "created" in out.stdout, out.stdout + out.stderr
-    return int(out.stdout.split()[1])
+    # The output line, not a log line the store wrote on the way (`request.waits`).
+    [line] = [x for x in out.stdout.splitlines() if x.startswith("request ")]
+    assert "created" in line, out.stdout + out.stderr
+    return int(line.split()[1])
 
 
 async def exited(daemon: DaemonProcess, timeout: float) -> int:
