@@ -334,13 +334,20 @@ class Checker:
         return [(i, e) for i, d in enumerate(self.rec.daemons) for e in d.lines]
 
     def up_windows(self) -> list[tuple[float, float]]:
-        """Wall-time windows when a daemon was attached and resynced."""
+        """Wall-time windows when a daemon was attached and resynced: from each resync to the next
+        AMI disconnect (an AMI cut or an Asterisk restart) or the daemon's last line."""
         wins = []
         for d in self.rec.daemons:
-            start = next((ts(e) for e in d.lines if e.get("event") == "ami.resynced"), None)
-            end = ts(d.lines[-1]) if d.lines else None
-            if start and end:
-                wins.append((start, end))
+            start = None
+            for e in d.lines:
+                event = e.get("event")
+                if event == "ami.resynced" and start is None:
+                    start = ts(e)
+                elif event == "ami.disconnected" and start is not None:
+                    wins.append((start, ts(e)))
+                    start = None
+            if start is not None and d.lines:
+                wins.append((start, ts(d.lines[-1])))
         return wins
 
     def check(self) -> dict:
