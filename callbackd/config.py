@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -565,6 +566,16 @@ API_SCOPES = ("intake", "read", "admin")
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
+def _check_name(v: str) -> str:
+    if not _TOKEN_NAME.match(v):
+        raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
+    return v
+
+
+# A token's, endpoint's or account's name: it names the actor in the audit log and the outbox.
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
 class ApiTokenConfig(_Section):
     """One ``[[api.tokens]]`` entry: a bearer token for a CRM or a script, and what it may do.
 
@@ -572,17 +583,10 @@ class ApiTokenConfig(_Section):
     retry, schedule; implies read).
     """
 
-    name: str
+    name: Name
     token: SecretStr | None = None
     token_file: Path | None = None
     scopes: list[Literal["intake", "read", "admin"]] = Field(min_length=1)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _TOKEN_NAME.match(v):
-            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
-        return v
 
     @field_validator("token")
     @classmethod
@@ -647,20 +651,13 @@ class WebhookEndpointConfig(_Section):
     the URL authenticates, so no secret is needed.
     """
 
-    name: str
+    name: Name
     url: str
     kind: Literal["generic", "bitrix24"] = "generic"
     secret: SecretStr | None = None
     secret_file: Path | None = None
     events: list[WebhookEvent] = list(WEBHOOK_EVENTS)
     bitrix_user_id: int = Field(1, ge=1)  # the Bitrix24 user the calls are shown to
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _TOKEN_NAME.match(v):
-            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
-        return v
 
     @field_validator("url")
     @classmethod
@@ -708,17 +705,10 @@ class WebhooksConfig(_Section):
 class ConsoleAccountConfig(_Section):
     """One ``[[console.accounts]]`` entry; make the hash with ``callbackd console hash-password``."""
 
-    name: str
+    name: Name
     password_hash: str = ""  # empty: only through the trusted proxy header
     role: Literal["viewer", "operator", "admin"] = "viewer"
     language: Literal["en", "ru"] | None = None  # default: console.language
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _TOKEN_NAME.match(v):
-            raise ValueError("use 1 to 64 letters, digits, '.', '_' or '-'")
-        return v
 
     @field_validator("password_hash")
     @classmethod
