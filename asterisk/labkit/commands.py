@@ -297,6 +297,7 @@ def cmd_call(args) -> int:
 
 def prune_call_logs(keep: int = 200) -> None:
     calls_dir = state_path("calls")
+
     def mtime(f: Path) -> float:
         # A call placed at the same moment may prune the same file between glob and stat.
         try:
