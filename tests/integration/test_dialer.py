@@ -130,6 +130,31 @@ async def test_live_callers_waiting_hold_callbacks_back(lab, fresh, daemon_facto
     assert ts(ringing) > ts(abandon), "a callback started while a live caller waited"
 
 
+async def test_a_sales_abandon_is_called_back_by_a_sales_member_with_the_sales_caller_id(
+    lab, fresh, daemon_factory, tmp_path
+):
+    """Callbacks per queue: op1 is paused in sales only. The sales caller who hung up is called
+    back by op2, sales' member, though op1 is free and first in line, with sales' own caller ID."""
+    lab.pause("op1", "sales")
+    lab.operator("op2", "noanswer")  # nobody answers the sales caller: an abandon
+    config = lab_config(
+        tmp_path,
+        replace={'queues = ["support"]': 'queues = ["support", "sales"]'},
+        extra='[dialer.by_queue.sales]\nfallback = ["support"]\noutbound_callerid = "+12025550177"\n',
+    )
+    daemon = daemon_factory(config)
+    await asyncio.to_thread(lab.call, "2025550261", 8, "101")
+    missed = await wait(daemon, "call.missed", 20, number="2025550261")
+    assert missed["queue"] == "sales"
+    lab.operator("op2", "answer")
+    ringing = await wait(daemon, "operator.ringing", 30, number="+12025550261")
+    assert ringing["operator"] == lab.member("op2")
+    out = await wait(daemon, "attempt.outcome", 40, attempt_id=ringing["attempt_id"])
+    assert out["outcome"] == "answered"
+    [invite] = [json.loads(line) for line in pstn_invites(lab, "2025550261")[-1:]]
+    assert invite["caller"] == "+12025550177"
+
+
 def pstn_invites(lab, number: str) -> list[str]:
     return [line for line in lab.pstn("--log").splitlines() if number in line and '"invite"' in line]
 
