@@ -68,6 +68,7 @@ def intake_rules(cfg: Config) -> IntakeRules:
             allowed_prefixes=tuple(n.allowed_prefixes),
         ),
         short_abandon=cfg.detection.short_abandon,
+        source_queues=dict(cfg.dialer.source_queues),
     )
 
 

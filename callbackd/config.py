@@ -130,9 +130,47 @@ class DetectionConfig(_Section):
     short_abandon: Duration = timedelta(seconds=5)
 
 
+_QUEUE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _check_queue(v: str) -> str:
+    if not _QUEUE.fullmatch(v):
+        raise ValueError(f"queue {v!r} must be a queue name as Asterisk has it (letters, digits, _ . -)")
+    return v
+
+
+QueueName = Annotated[str, AfterValidator(_check_queue)]
+
+
+class QueueDialConfig(_Section):
+    """``[dialer.by_queue.<queue>]``: how callbacks for clients of one queue are made."""
+
+    # Served queues whose free members take these callbacks when the queue has none, in order.
+    fallback: list[QueueName] = []
+    # Replace the [dialer] values for this queue's callbacks (callerid_by_did still wins for its DIDs).
+    outbound_callerid: str | None = None
+    whisper_intro: list[str] | None = None
+    whisper_custom: list[str] | None = None
+
+    @field_validator("outbound_callerid")
+    @classmethod
+    def _callerid(cls, v: str | None) -> str | None:
+        return v if v is None else DialerConfig._callerid(v)
+
+    @field_validator("whisper_intro", "whisper_custom")
+    @classmethod
+    def _prompts(cls, v: list[str] | None) -> list[str] | None:
+        return v if v is None else DialerConfig._prompts(v)
+
+
 class DialerConfig(_Section):
-    # Queues whose members are the operators who take callbacks.
-    queues: list[str] = ["support"]
+    # Queues whose members are the operators who take callbacks. A callback goes to a free
+    # member of the queue its client called (then that queue's fall-backs); a request with no
+    # served queue (a web lead without a mapped source) goes to any of them.
+    queues: list[QueueName] = ["support"]
+    by_queue: dict[QueueName, QueueDialConfig] = {}
+    # Web leads: the queue of a form's ``source``, e.g. {"site-sales" = "sales"}.
+    source_queues: dict[str, QueueName] = {}
     context: str = "callbackd-bridge"
     # {number} is replaced by the client's E.164 number (+ and digits only).
     dial_pattern: str = "PJSIP/{number}@trunk"
@@ -188,6 +226,30 @@ class DialerConfig(_Section):
     def _client_region(cls, v: str) -> str:
         return NumbersConfig._region(v) if v else v
 
+    @model_validator(mode="after")
+    def _routes(self) -> DialerConfig:
+        for queue, opts in self.by_queue.items():
+            unknown = [q for q in (queue, *opts.fallback) if q not in self.queues]
+            if unknown:
+                raise ValueError(
+                    f"by_queue.{queue}: {', '.join(unknown)} not in dialer.queues; only served queues"
+                    " have their members watched"
+                )
+        for source in self.source_queues:
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", source):
+                raise ValueError(f"source_queues: {source!r} is not a form source (letters, digits, _ . -)")
+        return self
+
+    def routes(self):
+        from callbackd.domain.routing import Routes
+
+        return Routes(
+            tuple(self.queues), {q: tuple(o.fallback) for q, o in self.by_queue.items() if o.fallback}
+        )
+
+    def for_queue(self, queue: str | None) -> QueueDialConfig:
+        return self.by_queue.get(queue or "", _NO_OVERRIDES)
+
     def client_dial_target(self):
         """The checked client dial template, or None to use dial_pattern."""
         from callbackd.domain.dialtarget import DialTarget
@@ -233,6 +295,9 @@ class DialerConfig(_Section):
         return v
 
 
+_NO_OVERRIDES = QueueDialConfig()
+
+
 class ClientHoursConfig(_Section):
     """The client's own local hours, laid over the business hours for every call."""
 
@@ -270,6 +335,11 @@ OUTCOME_KEYS = {
 
 
 class QueueLadderConfig(_Section):
+    """``[schedule.queues.<queue>]``: a queue's own ladder and business hours."""
+
+    # Replace [schedule] hours and holidays for this queue's callbacks (e.g. sales open on Saturday).
+    hours: dict[str, str | list[str]] | None = None
+    holidays: list[str] | None = None
     delays: list[Duration] | None = None
     max_attempts: int | None = Field(None, ge=1, le=10)
     outcome_delays: dict[OutcomeName, Duration | Literal["ladder"]] | None = None
@@ -333,7 +403,19 @@ def build_schedule(s: ScheduleConfig):
         )
         for name, q in s.queues.items()
     }
+    from callbackd.domain.calendar import BusinessCalendar
+
+    queue_calendars = {
+        name: BusinessCalendar.from_spec(
+            s.timezone,
+            q.hours if q.hours is not None else s.hours,
+            q.holidays if q.holidays is not None else s.holidays,
+        )
+        for name, q in s.queues.items()
+        if q.hours is not None or q.holidays is not None
+    }
     return Schedule(
+        queue_calendars=queue_calendars,
         queue_ladders=queue_ladders,
         ladder=ladder,
         calendar=build_calendar(s),

@@ -4,7 +4,8 @@ It claims due requests, writes each attempt, sends the Originate, feeds AMI even
 and clock ticks to :class:`~callbackd.domain.attempts.AttemptTracker`, and applies
 the actions it returns. Rules kept here (each in one place):
 - never more calls at once than free operators, nor more than ``max_concurrent``;
-- no new callback while live callers wait in the queues (unless turned off);
+- a callback rings a free member of the queue its client called, then its fall-backs, and
+  waits while live callers wait in that queue (unless turned off): domain/routing.py;
 - the attempt row is written before the Originate is sent, and panoramisk never
   re-sends an Originate, so a crash or reconnect cannot dial twice;
 - a launch that fails gives its own request back, and the batch goes on;
@@ -40,6 +41,7 @@ from callbackd.domain.limits import AbuseGuard
 from callbackd.domain.operators import OperatorPool, dial_channel
 from callbackd.domain.phone import E164, caller_id_for, mask, sanitize_caller_name
 from callbackd.domain.retry import OperatorFailover
+from callbackd.domain.routing import claimable
 from callbackd.domain.states import AttemptStatus, RequestEvent
 
 log = structlog.get_logger("callbackd.dialer")
@@ -154,16 +156,20 @@ class Dialer:
     async def tick(self) -> None:
         now = self.clock()
         # Due times are inside business hours, but a request can wait for an operator
-        # past closing time: it is never dialled then, it waits for the next opening.
-        if not self.store.schedule.calendar.is_open(now):
+        # past closing time: it is never dialled then, it waits for the next opening
+        # (the claim defers a request whose own queue's hours have ended).
+        if not self.store.schedule.open_for_any(now):
             return
         if self.paused_until is not None and now < self.paused_until:
             return
-        if self.cfg.hold_while_callers_wait and self.pool.callers_waiting() > 0:
-            return
-        free = self.pool.free(now.timestamp())
-        capacity = min(self.cfg.max_concurrent - len(self.runs) - len(self.unsaved), len(free))
-        if capacity <= 0:
+        routes = self.cfg.routes()
+        hold = self.cfg.hold_while_callers_wait
+        waiting = self.pool.waiting
+        stamp = now.timestamp()
+        queues, others = claimable(routes, waiting, hold, lambda qs: bool(self.pool.free(stamp, queues=qs)))
+        capacity = self.cfg.max_concurrent - len(self.runs) - len(self.unsaved)
+        capacity = min(capacity, len(self.pool.free(stamp, queues=routes.queues)))
+        if not (queues or others) or capacity <= 0:
             return
         left = self.guard.attempts_left(now) if self.guard is not None else None
         if left is not None:
@@ -172,13 +178,32 @@ class Dialer:
                 return
             capacity = min(capacity, left)
         busy = self._busy_numbers()
-        for req in await self.store.claim_due(now, capacity, exclude_numbers=sorted(busy)):
-            free = self.pool.free(self.clock().timestamp())
+        assigned: set[str] = set()
+
+        def take(queue: str | None) -> bool:
+            """Oldest first: a request is claimed only if its route still has an unassigned operator."""
+            member = self.pool.pick(stamp, routes.usable(queue, waiting, hold), exclude=assigned)
+            if member is not None:
+                assigned.add(member.interface)
+            return member is not None
+
+        everything = others and len(queues) == len(routes.queues)
+        claimed = await self.store.claim_due(
+            now,
+            capacity,
+            exclude_numbers=sorted(busy),
+            queues=None if everything else queues,
+            unserved=routes.queues if others and not everything else None,
+            take=take,
+        )
+        for req in claimed:
+            usable = routes.usable(req.queue, self.pool.waiting, hold)
+            member = self.pool.pick(self.clock().timestamp(), usable)
             # A SIGTERM while the claim was in the database: give it back, start nothing.
-            if not self.accepting or not free or req.number in busy:
+            if not self.accepting or member is None or req.number in busy:
                 await self._give_back(req)
                 continue
-            await self._launch(req, free[0].interface)
+            await self._launch(req, member.interface)
             busy.add(req.number)
 
     def _busy_numbers(self) -> set[str]:
@@ -232,7 +257,7 @@ class Dialer:
             if self.on_started is not None:
                 self.on_started(att, req)
             future = self.ami.originate(
-                originate_fields(self.cfg, att, req.name, number, req.reason, did=req.did)
+                originate_fields(self.cfg, att, req.name, number, req.reason, did=req.did, queue=req.queue)
             )
         except Exception as exc:  # nothing was sent: nobody rang, the try is not used
             if not isinstance(exc, AmiError):
@@ -501,8 +526,12 @@ class Dialer:
                 await task
 
 
-def whisper(cfg: DialerConfig, reason: str) -> str:
-    prompts = list(cfg.whisper_custom) or [*cfg.whisper_intro, *cfg.whisper_reasons.get(reason, [])]
+def whisper(cfg: DialerConfig, reason: str, queue: str | None = None) -> str:
+    """What the operator hears first; a queue's own intro or custom prompts replace the global ones."""
+    own = cfg.for_queue(queue)
+    custom = own.whisper_custom if own.whisper_custom is not None else cfg.whisper_custom
+    intro = own.whisper_intro if own.whisper_intro is not None else cfg.whisper_intro
+    prompts = list(custom) or [*intro, *cfg.whisper_reasons.get(reason, [])]
     return "&".join(prompts) or "beep"
 
 
@@ -516,7 +545,13 @@ class AttemptRef(Protocol):
 
 
 def originate_fields(
-    cfg: DialerConfig, run: AttemptRef, name: str, number: E164, reason: str, did: str | None = None
+    cfg: DialerConfig,
+    run: AttemptRef,
+    name: str,
+    number: E164,
+    reason: str,
+    did: str | None = None,
+    queue: str | None = None,
 ) -> dict[str, Any]:
     """The Originate for one attempt.
 
@@ -540,11 +575,16 @@ def originate_fields(
             f"CBD_ATTEMPT={run.attempt_id}",
             f"CBD_DIAL={client_dial(cfg, number)}",
             f"CBD_DIAL_TIMEOUT={int(cfg.client_ring.total_seconds())}",
-            f"CBD_OUTCID={caller_id_for(did, cfg.callerid_by_did, cfg.outbound_callerid)}",
-            f"CBD_WHISPER={whisper(cfg, reason)}",
+            f"CBD_OUTCID={caller_id_for(did, cfg.callerid_by_did, _queue_callerid(cfg, queue))}",
+            f"CBD_WHISPER={whisper(cfg, reason, queue)}",
             f"CBD_TRY={run.try_no}",
         ],
     }
+
+
+def _queue_callerid(cfg: DialerConfig, queue: str | None) -> str:
+    own = cfg.for_queue(queue).outbound_callerid
+    return own if own is not None else cfg.outbound_callerid
 
 
 def client_dial(cfg: DialerConfig, number: E164) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -143,8 +143,17 @@ def parse_lead(data: bytes) -> LeadForm:
         raise LeadRefused("malformed", describe(exc)) from None
 
 
-def to_contact(form: LeadForm, source: Source, now: datetime, fallback_key: str | None = None) -> Contact:
-    """The lead as a contact; ``fallback_key`` names a lead without ``id`` (else it is always new)."""
+def to_contact(
+    form: LeadForm,
+    source: Source,
+    now: datetime,
+    fallback_key: str | None = None,
+    source_queues: Mapping[str, str] | None = None,
+) -> Contact:
+    """The lead as a contact; ``fallback_key`` names a lead without ``id`` (else it is always new).
+
+    ``source_queues`` maps the form's ``source`` to the queue whose operators call it back.
+    """
     key = form.id or fallback_key or uuid.uuid4().hex
     ref = f"{form.source}:{key}" if form.source else key
     if len(ref) > _SOURCE_REF_MAX:
@@ -160,6 +169,7 @@ def to_contact(form: LeadForm, source: Source, now: datetime, fallback_key: str 
         comment=form.comment,
         preferred_at=form.preferred_time,
         client_tz=form.timezone,
+        queue=(source_queues or {}).get(form.source or ""),
     )
 
 
@@ -173,7 +183,7 @@ async def submit_lead(
     fallback_key: str | None = None,
 ) -> LeadAccepted:
     """Store a lead that will be called back; raise :class:`LeadRefused` for any other."""
-    contact = to_contact(form, source, now, fallback_key)
+    contact = to_contact(form, source, now, fallback_key, rules.source_queues)
     decision = decide(contact, rules)
     match decision.disposition:
         case Disposition.SCHEDULE:

@@ -7,13 +7,13 @@ transition table, so an illegal change raises instead of being written.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -223,6 +223,8 @@ class Store:
                         req.note = (req.note + "\n" + contact.comment).strip()[:4000]
                     if contact.did:
                         req.did = contact.did[:64]  # the number they dialled last
+                    if contact.queue:
+                        req.queue = contact.queue[:64]  # the queue they waited in last
                     req.updated_at = contact.at
                     if req.status == RequestStatus.OPEN:  # a request being dialled gets its due at the end
                         req.due_at = self.schedule.merged_due(
@@ -233,6 +235,7 @@ class Store:
                             client_zones=req.client_zones or (),
                             kept_choice=req.time_chosen,
                             new_choice=contact.time_chosen,
+                            queue=req.queue,
                         )
                         if contact.time_chosen and contact.preferred_at is not None:
                             req.preferred_at, req.time_chosen = contact.preferred_at, True
@@ -348,12 +351,22 @@ class Store:
         return func.coalesce(m.Request.age_from, m.Request.created_at)
 
     async def claim_due(
-        self, now: datetime, limit: int, exclude_numbers: Sequence[str] = ()
+        self,
+        now: datetime,
+        limit: int,
+        exclude_numbers: Sequence[str] = (),
+        *,
+        queues: Collection[str] | None = None,
+        unserved: Collection[str] | None = None,
+        take: Callable[[str | None], bool] | None = None,
     ) -> list[m.Request]:
         """Take up to *limit* due requests for this node; safe with several daemons.
 
         Each claim gets a new token. A request older than max_age is never claimed, nor one
         whose number has an attempt in flight on any node (a cancel and retry while it rang).
+        With ``queues``, only requests of those queues, plus, when ``unserved`` (the served
+        queues) is given, those whose queue is none of ``unserved`` (see domain/routing.py).
+        ``take(queue)``, asked oldest first, may pass a request over (no operator left for its queue).
         """
         if limit <= 0:
             return []
@@ -364,7 +377,7 @@ class Store:
         )
         async with self.session() as s, s.begin():
             q = (
-                select(m.Request.id, m.Request.client_zones)
+                select(m.Request.id, m.Request.client_zones, m.Request.queue)
                 .where(
                     m.Request.status == RequestStatus.OPEN.value,
                     m.Request.due_at <= now,
@@ -372,18 +385,27 @@ class Store:
                     ~busy,
                 )
                 .order_by(m.Request.due_at)
-                .limit(limit + len(exclude_numbers))
+                # Room for the requests ``take`` passes over; what is left waits for the next turn.
+                .limit((limit + len(exclude_numbers)) * (1 if take is None else 4))
                 .with_for_update(skip_locked=True)
             )
             if exclude_numbers:
                 q = q.where(m.Request.number.not_in(list(exclude_numbers)))
+            if queues is not None:
+                wanted = m.Request.queue.in_(sorted(queues))
+                if unserved is not None:
+                    wanted = or_(wanted, m.Request.queue.is_(None), m.Request.queue.not_in(sorted(unserved)))
+                q = q.where(wanted)
             ids = []
-            for rid, zones in (await s.execute(q)).all():
+            for rid, zones, queue in (await s.execute(q)).all():
                 if len(ids) >= limit:
                     break
-                if zones and not self.schedule.hours_for(zones).is_open(now):
-                    # Due in the client's day but not dialled before it ended (no free operator).
-                    await self._defer_to_client_hours(s, rid, zones, now)
+                if not self.schedule.hours_for(zones or (), queue).is_open(now):
+                    # Due in the client's day (or the queue's hours) but not dialled before it
+                    # ended (no free operator): wait for the next opening.
+                    await self._defer_to_client_hours(s, rid, zones or [], now, queue)
+                    continue
+                if take is not None and not take(queue):
                     continue
                 ids.append(rid)
             claimed: list[m.Request] = []
@@ -404,11 +426,11 @@ class Store:
             return claimed
 
     async def _defer_to_client_hours(
-        self, s: AsyncSession, rid: int, zones: list[str], now: datetime
+        self, s: AsyncSession, rid: int, zones: list[str], now: datetime, queue: str | None = None
     ) -> None:
         req = await s.get(m.Request, rid)
         assert req is not None
-        plan = self.schedule.next_callable(now, zones)
+        plan = self.schedule.next_callable(now, zones, queue)
         if plan.due is None:
             _apply(req, RequestEvent.FAIL, now)
             req.close_reason = plan.close_reason
@@ -434,7 +456,7 @@ class Store:
             at = self.schedule.chosen_instant(wall, zones)
             if at < now:
                 raise ValueError(f"{at.isoformat()} is in the past")
-            plan = self.schedule.next_callable(at, zones)
+            plan = self.schedule.next_callable(at, zones, req.queue)
             if plan.due is None:
                 raise ValueError("the client's hours never meet the business hours")
             req.preferred_at, req.time_chosen, req.updated_at = at, True, now

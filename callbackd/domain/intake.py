@@ -8,6 +8,7 @@ contacts merge into it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from enum import StrEnum
@@ -95,6 +96,8 @@ class IntakeRules:
     region: str = "US"
     numbers: NumberRules = field(default_factory=NumberRules)
     short_abandon: timedelta = timedelta(seconds=5)
+    # A web form's ``source`` to the queue whose operators call its leads back.
+    source_queues: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 def decide(contact: Contact, rules: IntakeRules) -> Decision:

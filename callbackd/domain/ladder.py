@@ -140,6 +140,8 @@ class Schedule:
     client_window: ClientWindow | None = None
     # Per-queue ladders (delays, max_attempts, outcome delays) replacing ``ladder`` for that queue.
     queue_ladders: Mapping[str, RetryLadder] = field(default_factory=dict, hash=False)
+    # Per-queue business hours (a sales line open on Saturdays) replacing ``calendar`` for that queue.
+    queue_calendars: Mapping[str, BusinessCalendar] = field(default_factory=dict, hash=False)
     # Configured number ranges to zones, for numbers phonenumbers places in several zones.
     zone_prefixes: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
@@ -171,17 +173,26 @@ class Schedule:
     def ladder_for(self, queue: str | None = None) -> RetryLadder:
         return self.queue_ladders.get(queue or "", self.ladder)
 
+    def calendar_for(self, queue: str | None = None) -> BusinessCalendar:
+        return self.queue_calendars.get(queue or "", self.calendar)
+
+    def open_for_any(self, at: datetime) -> bool:
+        """Whether some queue (or the business as a whole) is open at ``at``: the dialer's gate."""
+        return self.calendar.is_open(at) or any(c.is_open(at) for c in self.queue_calendars.values())
+
     def zones_for(self, number: E164, given: str | None = None) -> tuple[str, ...]:
         """The client's possible zones: the form's, a configured range's, or the numbering plan's."""
         return client_zones(number, given, self.zone_prefixes)
 
-    def hours_for(self, client_zones: Sequence[str] = ()) -> OpenHours:
-        """When a client in ``client_zones`` may be called: business hours, narrowed by the client window."""
+    def hours_for(self, client_zones: Sequence[str] = (), queue: str | None = None) -> OpenHours:
+        """When a client in ``client_zones`` may be called: business (or the queue's) hours,
+        narrowed by the client window."""
+        calendar = self.calendar_for(queue)
         if self.client_window is None or not client_zones:
-            return self.calendar
-        return CallingHours.for_client(self.calendar, self.client_window, client_zones)
+            return calendar
+        return CallingHours.for_client(calendar, self.client_window, client_zones)
 
-    def next_callable(self, at: datetime, client_zones: Sequence[str] = ()) -> Plan:
+    def next_callable(self, at: datetime, client_zones: Sequence[str] = (), queue: str | None = None) -> Plan:
         """The first instant from ``at`` inside business and client hours, with no ladder or spread.
 
         For waits that are not a new try: an operator round that found nobody, a request
@@ -189,12 +200,12 @@ class Schedule:
         """
         at = _utc(at, "at")
         try:
-            opened = self.hours_for(client_zones).next_open(at).astimezone(UTC)
+            opened = self.hours_for(client_zones, queue).next_open(at).astimezone(UTC)
         except NoCommonHours:
             return Plan(None, close_reason=NoCommonHours.reason)
         if opened == at:
             return Plan(opened, Wait.LADDER)
-        business = self.calendar.next_open(at).astimezone(UTC)
+        business = self.calendar_for(queue).next_open(at).astimezone(UTC)
         return Plan(opened, Wait.BUSINESS_HOURS if business == opened else Wait.CLIENT_HOURS)
 
     def due_at(
@@ -244,14 +255,14 @@ class Schedule:
         if preferred_at is not None and attempts_made == 0 and _utc(preferred_at, "preferred_at") > raw:
             raw = _utc(preferred_at, "preferred_at")
             wait = Wait.CHOSEN_TIME
-        hours = self.hours_for(client_zones)
+        hours = self.hours_for(client_zones, queue)
         try:
             opened = hours.next_open(raw).astimezone(UTC)
         except NoCommonHours:
             return Plan(None, close_reason=NoCommonHours.reason)
         due = opened
         if opened != raw:
-            business_opened = self.calendar.next_open(raw).astimezone(UTC)
+            business_opened = self.calendar_for(queue).next_open(raw).astimezone(UTC)
             wait = Wait.BUSINESS_HOURS if business_opened == opened else Wait.CLIENT_HOURS
             interval = hours.interval_at(opened)
             if interval is not None:
@@ -272,6 +283,7 @@ class Schedule:
         *,
         kept_choice: bool = False,
         new_choice: bool = False,
+        queue: str | None = None,
     ) -> datetime | None:
         """The due time of an open request once a new contact merges into it.
 
@@ -288,12 +300,19 @@ class Schedule:
                 preferred_at=preferred_at,
                 spread_key=spread_key,
                 client_zones=client_zones,
+                queue=queue,
             )
             return chosen if chosen is not None else due_at
         if kept_choice:
             return due_at
         fresh = self.due_at(
-            0, None, contact_at, preferred_at=preferred_at, spread_key=spread_key, client_zones=client_zones
+            0,
+            None,
+            contact_at,
+            preferred_at=preferred_at,
+            spread_key=spread_key,
+            client_zones=client_zones,
+            queue=queue,
         )
         if fresh is None:
             return due_at

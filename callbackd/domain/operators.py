@@ -74,11 +74,22 @@ class Member:
     state_interface: str = ""
     queues: set[str] = field(default_factory=set)
     status: int = 0
-    paused: bool = False
+    # Pause is per queue membership: paused in sales, an operator may still take support's callbacks.
+    paused_in: set[str] = field(default_factory=set)
     in_call: bool = False
     last_call: float = 0.0  # epoch seconds of the end of the last call (Asterisk's LastCall)
     wrapup: int = 0  # seconds
     last_used: float = 0.0  # when we last gave it a callback
+
+    @property
+    def paused(self) -> bool:
+        """Paused in every queue it is a member of (what a wallboard shows as paused)."""
+        return bool(self.queues) and self.queues <= self.paused_in
+
+    def takes(self, queues: Iterable[str] | None) -> bool:
+        """Whether it is an unpaused member of one of ``queues`` (of any of its queues when None)."""
+        mine = self.queues - self.paused_in
+        return bool(mine if queues is None else mine.intersection(queues))
 
 
 def _int(value: object, default: int = 0) -> int:
@@ -118,6 +129,7 @@ class OperatorPool:
             member = self.members.get(interface)
             if member:
                 member.queues.discard(queue)
+                member.paused_in.discard(queue)
                 if not member.queues:
                     del self.members[interface]
             return
@@ -134,7 +146,10 @@ class OperatorPool:
         if "Status" in event:
             member.status = _int(event.get("Status"))
         if "Paused" in event:
-            member.paused = event.get("Paused") == "1"
+            if event.get("Paused") == "1":
+                member.paused_in.add(queue)
+            else:
+                member.paused_in.discard(queue)
         if "InCall" in event:
             member.in_call = event.get("InCall") == "1"
         if "LastCall" in event:
@@ -153,26 +168,42 @@ class OperatorPool:
             if key in self.members:
                 self.members[key].last_used = when
 
-    def callers_waiting(self) -> int:
-        return sum(self.waiting.values())
+    def callers_waiting(self, queues: Iterable[str] | None = None) -> int:
+        """Live callers waiting, in ``queues`` or in all the watched ones."""
+        if queues is None:
+            return sum(self.waiting.values())
+        return sum(self.waiting.get(q, 0) for q in set(queues))
 
-    def is_free(self, member: Member, now: float) -> bool:
-        if member.interface in self.reserved or member.paused or member.in_call:
+    def is_free(self, member: Member, now: float, queues: Iterable[str] | None = None) -> bool:
+        if member.interface in self.reserved or member.in_call or not member.takes(queues):
             return False
         if member.status != NOT_INUSE:
             return False
         wrapup = member.wrapup or self.default_wrapup
         return not (wrapup and member.last_call and now < member.last_call + wrapup)
 
-    def free(self, now: float, exclude: Iterable[str] = ()) -> list[Member]:
-        """Free members we can dial, least recently used first."""
+    def free(
+        self, now: float, exclude: Iterable[str] = (), queues: Iterable[str] | None = None
+    ) -> list[Member]:
+        """Free members we can dial (of ``queues``, when given), least recently used first."""
         skip = set(exclude)
+        wanted = None if queues is None else frozenset(queues)
         found = [
             m
             for m in self.members.values()
-            if m.interface not in skip and self.is_free(m, now) and _diallable(m.interface)
+            if m.interface not in skip and self.is_free(m, now, wanted) and _diallable(m.interface)
         ]
         return sorted(found, key=lambda m: (max(m.last_used, m.last_call), m.interface))
+
+    def pick(self, now: float, route: Iterable[str], exclude: Iterable[str] = ()) -> Member | None:
+        """The operator for one callback: the least recently used free member of the first
+        queue in ``route`` that has one (the client's queue, then its fall-backs)."""
+        skip = set(exclude)
+        for queue in route:
+            found = self.free(now, skip, queues=(queue,))
+            if found:
+                return found[0]
+        return None
 
     def reserve(self, interface: str, now: float) -> None:
         self.reserved.add(interface)

@@ -88,7 +88,7 @@ def next_step(
             plan = Plan(now)
         else:
             op_tries = 0
-            plan = schedule.next_callable(now + failover.retry_delay, req.client_zones)
+            plan = schedule.next_callable(now + failover.retry_delay, req.client_zones, req.queue)
             due = plan.due
             if due is not None and schedule.is_expired(req.age_from, due):
                 due, plan = None, Plan(None, close_reason="max_age")

@@ -177,7 +177,8 @@ def fresh(lab):
     lab.operator("op1,op2", "answer")
     lab.pstn("--ring", "0.5")
     for op in ("op1", "op2"):
-        lab.pause(op, on=False)
+        for queue in ("support", "sales"):
+            lab.pause(op, queue, on=False)
 
 
 @pytest.fixture

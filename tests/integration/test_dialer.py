@@ -130,6 +130,40 @@ async def test_live_callers_waiting_hold_callbacks_back(lab, fresh, daemon_facto
     assert ts(ringing) > ts(abandon), "a callback started while a live caller waited"
 
 
+async def test_a_sales_abandon_is_called_back_by_a_sales_member_with_the_sales_caller_id(
+    lab, fresh, daemon_factory, tmp_path
+):
+    """Callbacks per queue: op1 is paused in sales only, op2 in sales while the caller waits (an
+    abandon). The callback waits for a sales member though op1 is free for support all along,
+    rings op2 once unpaused in sales, and goes out with sales' own caller ID; op1 still takes
+    support's work."""
+    lab.pause("op1", "sales")
+    lab.pause("op2", "sales")
+    config = lab_config(
+        tmp_path,
+        replace={'queues = ["support"]': 'queues = ["support", "sales"]'},
+        extra='[dialer.by_queue.sales]\noutbound_callerid = "+12025550177"\n',
+    )
+    daemon = daemon_factory(config)
+    await asyncio.to_thread(lab.call, "2025550261", 8, "101")
+    missed = await wait(daemon, "call.missed", 20, number="2025550261")
+    assert missed["queue"] == "sales"
+    await asyncio.sleep(3)
+    assert daemon.events("operator.ringing") == [], "a support member took a sales callback"
+    lab.pause("op2", "sales", on=False)
+    ringing = await wait(daemon, "operator.ringing", 30, number="+12025550261")
+    assert ringing["operator"] == lab.member("op2")
+    out = await wait(daemon, "attempt.outcome", 40, attempt_id=ringing["attempt_id"])
+    assert out["outcome"] == "answered"
+    [invite] = [json.loads(line) for line in pstn_invites(lab, "2025550261")[-1:]]
+    # On the FreePBX shape the outbound route's own caller ID wins, as a route's does there.
+    assert invite["caller"] == ("+12025550199" if lab.profile.name == "freepbx" else "+12025550177")
+    # Pause is per queue: op1, paused in sales only, takes the next request of no queue.
+    add(config, "+12025550262")
+    other = await wait(daemon, "operator.ringing", 30, number="+12025550262")
+    assert other["operator"] == lab.member("op1")
+
+
 def pstn_invites(lab, number: str) -> list[str]:
     return [line for line in lab.pstn("--log").splitlines() if number in line and '"invite"' in line]
 
