@@ -802,7 +802,7 @@ def main() -> int:
     work = args.work or Path(f"/tmp/callbackd-soak-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
     with lab_lock():
-        was_up = json.loads(lab("status", "--json") or "{}").get("up", False)
+        was_up = json.loads(lab("status", "--json", check=False) or "{}").get("up", False)  # exit 3: down
         lab("up")
         try:
             report = asyncio.run(run_soak(args, work))
