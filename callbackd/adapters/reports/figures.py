@@ -1,0 +1,205 @@
+"""The console's figures: one pass per day for every grouping it shows, closed days kept a while.
+
+:func:`build_figures` gives the same reports as :func:`.queries.build_report` run once
+per grouping, plus :func:`.queries.reach_by_try`, but reads each call and request once
+and folds it into the time, queue and operator groups together. The period is read day
+by day (in the report's time zone); a :class:`FiguresCache` keeps the groups of days that
+are over for ``ttl`` seconds, so a page over a month recomputes only today once it has
+been shown. Today, and any day not over yet, is always read afresh. A change to a day
+already over (a callback that reaches a caller lost yesterday, a late call row) shows
+within ``ttl``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, date, datetime, timedelta, tzinfo
+
+from sqlalchemy import and_, case, exists, false, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.orm import aliased
+
+from callbackd.adapters import models as m
+from callbackd.adapters.reports.queries import (
+    BATCH,
+    _not_callback_leg,
+    _rows,
+    gc_paused,
+    reach_by_try,
+    request_batches,
+    utc_text,
+)
+from callbackd.domain.metrics import REACHED_STATUSES, CallRow, Grouping, Report, Thresholds
+from callbackd.domain.partials import CellBuilder, Slice, merge_reach, merge_report
+from callbackd.domain.periods import midnight
+
+CONSOLE_GROUPINGS = (Grouping.QUEUE, Grouping.OPERATOR)
+
+
+def figures_calls_query(start: datetime, end: datetime, dialect: str):
+    """:func:`.queries.calls_query` with the call's request joined once instead of looked up twice.
+
+    A contact is unique per (pbx, source, source_ref), so the outer joins never repeat a call.
+    """
+    contact, req = aliased(m.Contact), aliased(m.Request)
+    later = aliased(m.Call)
+    by_call = exists().where(
+        later.number == m.Call.number, later.outcome == "answered", later.answered_at > m.Call.started_at
+    )
+    by_callback = exists().where(
+        m.Attempt.number == m.Call.number,
+        m.Attempt.outcome == "answered",
+        m.Attempt.started_at > m.Call.started_at,
+    )
+    open_question = and_(
+        m.Call.outcome == "missed",
+        m.Call.number.is_not(None),
+        func.coalesce(req.status, "").not_in(sorted(REACHED_STATUSES)),
+    )
+    return (
+        select(
+            utc_text(m.Call.started_at, dialect),
+            m.Call.queue,
+            utc_text(m.Call.answered_at, dialect),
+            m.Call.hold_time,
+            utc_text(m.Call.ended_at, dialect),
+            m.Call.outcome,
+            m.Call.miss_reason,
+            m.Call.agent,
+            m.Call.number,
+            case((open_question, or_(by_call, by_callback)), else_=false()),
+            req.status,
+        )
+        .select_from(m.Call)
+        .outerjoin(
+            contact,
+            and_(
+                m.Call.outcome == "missed",
+                contact.pbx == m.Call.pbx,
+                contact.source == "ami",
+                contact.source_ref == m.Call.linkedid,
+            ),
+        )
+        .outerjoin(req, req.id == contact.request_id)
+        .where(m.Call.started_at >= start, m.Call.started_at < end, _not_callback_leg())
+        .execution_options(yield_per=BATCH)
+    )
+
+
+async def figures_call_batches(
+    conn: AsyncConnection, start: datetime, end: datetime
+) -> AsyncIterator[list[CallRow]]:
+    iso = datetime.fromisoformat
+    async for part in _rows(conn, figures_calls_query(start, end, conn.dialect.name)):
+        yield [
+            CallRow(
+                iso(r[0] + "+00:00"),
+                r[1],
+                r[2] and iso(r[2] + "+00:00"),
+                r[3],
+                r[4] and iso(r[4] + "+00:00"),
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                bool(r[9]),
+                r[10],
+            )
+            for r in part
+        ]
+
+
+async def _slice(
+    engine: AsyncEngine,
+    start: datetime,
+    end: datetime,
+    by: Grouping,
+    tz: tzinfo,
+    thresholds: Thresholds,
+) -> Slice:
+    builder = CellBuilder(by, tz, thresholds)
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":  # both passes see one snapshot
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+        async for calls in figures_call_batches(conn, start, end):
+            builder.add_calls(calls)
+        async for batch in request_batches(conn, start, end, with_queue=True):
+            for req, attempts in batch:
+                builder.add_request(req, attempts)
+    reach = await reach_by_try(engine, start, end)
+    return Slice(start, end, builder.groups(), reach)
+
+
+class FiguresCache:
+    """Groups of days that are over, kept ``ttl`` seconds and at most ``size`` of them.
+
+    Shared by the console's requests, which run in worker threads: one lock guards the dict.
+    """
+
+    def __init__(
+        self, ttl: float = 60.0, size: int = 2000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl, self.size, self.clock = ttl, size, clock
+        self._lock = threading.Lock()
+        self._days: dict[tuple, tuple[float, Slice]] = {}
+
+    def get(self, key: tuple) -> Slice | None:
+        with self._lock:
+            hit = self._days.get(key)
+            if hit is None:
+                return None
+            if self.clock() - hit[0] >= self.ttl:
+                del self._days[key]
+                return None
+            return hit[1]
+
+    def put(self, key: tuple, part: Slice) -> None:
+        with self._lock:
+            now = self.clock()
+            if len(self._days) >= self.size:
+                for k in [k for k, (at, _) in self._days.items() if now - at >= self.ttl]:
+                    del self._days[k]
+                while len(self._days) >= self.size:  # the oldest entry first (insertion order)
+                    del self._days[next(iter(self._days))]
+            self._days[key] = (now, part)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._days.clear()
+
+
+async def build_figures(
+    engine: AsyncEngine,
+    first: date,
+    last: date,
+    *,
+    by: Grouping,
+    tz: tzinfo,
+    thresholds: Thresholds,
+    cache: FiguresCache | None = None,
+    now: datetime | None = None,
+) -> tuple[Report, Report, Report, dict[int, int]]:
+    """Reports by *by*, by queue and by operator, and answered callbacks by try, over whole days.
+
+    The period runs from *first*'s midnight to the midnight after *last*, in *tz*.
+    """
+    now = now or datetime.now(UTC)
+    groupings = (by, *CONSOLE_GROUPINGS)
+    day = first
+    slices: list[Slice] = []
+    with gc_paused():
+        while day <= last:
+            start, end = midnight(day, tz), midnight(day + timedelta(days=1), tz)
+            key = (start, end, groupings, str(tz), thresholds, str(engine.url))
+            part = cache.get(key) if cache is not None else None
+            if part is None:
+                part = await _slice(engine, start, end, by, tz, thresholds)
+                if cache is not None and end <= now:
+                    cache.put(key, part)
+            slices.append(part)
+            day += timedelta(days=1)
+        start, end = slices[0].start, slices[-1].end
+        reports = [merge_report(slices, start, end, g, tz, thresholds) for g in groupings]
+    return (*reports, merge_reach(slices))  # type: ignore[return-value]
