@@ -60,6 +60,9 @@ def add_open(path: Path, n: int) -> None:
     con.close()
 
 
+TODAY_AT = datetime(2026, 3, 15, 23, 30, tzinfo=UTC)
+
+
 async def pages(url: str, repeat: int) -> dict[str, dict[str, float]]:
     """Each page *repeat* times; a figures page also cold (its cache of past days emptied first).
 
@@ -87,7 +90,9 @@ async def pages(url: str, repeat: int) -> dict[str, dict[str, float]]:
     auth = Auth([Account("bench", hash_password("bench-password"), "admin")])
     app = build_app(lambda c: None, "x" * 20, IntakeRules(region="US"))
     cache = FiguresCache()
-    routes = console.router(store, auth, db_url=url, settings=lambda: settings, figures_cache=cache)
+    now: list[datetime | None] = [None]  # None: the real time
+    routes = console.router(store, auth, db_url=url, settings=lambda: settings, figures_cache=cache,
+                            clock=lambda: now[0] or datetime.now(UTC))  # fmt: skip
     console.install(app, routes)
     cookie, _ = auth.issue(auth.accounts["bench"])
     transport = httpx.ASGITransport(app=app)
@@ -112,12 +117,16 @@ async def pages(url: str, repeat: int) -> dict[str, dict[str, float]]:
 
         await timed("live page", "/console/", repeat, False)
         await timed("live JSON (one SSE update)", "/console/live.json", repeat, False)
-        for name, path in (
-            ("figures, one day by hour", "/console/figures?from=2026-03-15"),
-            ("figures, 30 days by day", "/console/figures?from=2026-03-01&to=2026-03-30"),
+        for name, path, at in (
+            ("figures, one day by hour", "/console/figures?from=2026-03-15", None),
+            # As if it were 23:30 on that day: its 23 hours that are over are kept, the last is read.
+            ("figures, today by hour at 23:30", "/console/figures", TODAY_AT),
+            ("figures, 30 days by day", "/console/figures?from=2026-03-01&to=2026-03-30", None),
         ):
+            now[0] = at
             await timed(f"{name}, cold", path, repeat, True)
             await timed(f"{name}, warm", path, repeat, False)  # the last cold run filled the cache
+        now[0] = None
     await engine.dispose()
     return results
 

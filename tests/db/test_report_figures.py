@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import fields
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -132,18 +132,26 @@ def same_report(got, want) -> None:
     assert (got.start, got.end, got.by) == (want.start, want.end, want.by)
 
 
+def local(d: date, hours: float) -> datetime:
+    return midnight(d, MSK).astimezone(UTC) + timedelta(hours=hours)
+
+
+THIRD = FIRST + timedelta(days=2)
+
+
 @pytest.mark.parametrize(
-    ("first", "last", "by"),
+    ("first", "last", "by", "now"),
     [
-        (FIRST, FIRST, Grouping.HOUR),  # the console's "today"
-        (FIRST + timedelta(days=2), FIRST + timedelta(days=2), Grouping.HOUR),
-        (FIRST, FIRST + timedelta(days=DAYS - 1), Grouping.DAY),  # a period, merged day by day
+        (FIRST, FIRST, Grouping.HOUR, None),  # a day that is over: one slice
+        (THIRD, THIRD, Grouping.HOUR, local(THIRD, 15.75)),  # today at 15:45: 15 hours and the rest
+        (FIRST, FIRST + timedelta(days=DAYS - 1), Grouping.DAY, None),  # a period, merged day by day
+        (FIRST, FIRST + timedelta(days=DAYS - 1), Grouping.DAY, local(THIRD, 7.5)),  # days, hours, a day
     ],
-    ids=["day", "third-day", "period"],
+    ids=["day", "today", "period", "period-under-way"],
 )
-async def test_one_pass_figures_match_one_report_per_grouping(engine, first, last, by):
+async def test_one_pass_figures_match_one_report_per_grouping(engine, first, last, by, now):
     start, end = midnight(first, MSK), midnight(last + timedelta(days=1), MSK)
-    got = await build_figures(engine, first, last, by=by, tz=MSK, thresholds=THRESHOLDS)
+    got = await build_figures(engine, first, last, by=by, tz=MSK, thresholds=THRESHOLDS, now=now)
     for rep, g in zip(got[:3], (by, Grouping.QUEUE, Grouping.OPERATOR), strict=True):
         want = await build_report(engine, start, end, by=g, tz=MSK, thresholds=THRESHOLDS)
         same_report(rep, want)
@@ -157,12 +165,13 @@ def test_the_cells_merge_every_slot_of_an_accumulator():
     assert sorted(MERGED_SLOTS) == sorted(Accumulator.__slots__)
 
 
-async def test_closed_days_are_kept_for_the_ttl_today_never(engine):
-    """A day that is over comes from the cache until the ttl runs out; today is read every time."""
+async def test_slices_that_are_over_are_kept_for_the_ttl_the_current_hour_never(engine):
+    """Yesterday and this morning's hours come from the cache until the ttl runs out; the
+    current hour is read every time."""
     clock = [0.0]
     cache = FiguresCache(ttl=60, clock=lambda: clock[0])
     day, today = FIRST, FIRST + timedelta(days=1)
-    now = midnight(today, MSK).astimezone(UTC) + timedelta(hours=12)  # noon of the second day
+    now = local(today, 12.5)
 
     async def offered(d: date) -> int:
         reps = await build_figures(engine, d, d, by=Grouping.HOUR, tz=MSK, thresholds=THRESHOLDS,
@@ -171,15 +180,18 @@ async def test_closed_days_are_kept_for_the_ttl_today_never(engine):
 
     before = await offered(day), await offered(today)
     async with db.sessionmaker(engine)() as session, session.begin():
-        for d, lid in ((day, "late-1"), (today, "new-1")):
-            at = midnight(d, MSK).astimezone(UTC) + timedelta(hours=10)
+        for lid, at in (
+            ("late-1", local(day, 10)),
+            ("morning-1", local(today, 10)),
+            ("new-1", local(today, 12.2)),
+        ):
             session.add(m.Call(linkedid=lid, number=None, queue=None, started_at=at, answered_at=at,
                                ended_at=at + timedelta(seconds=5), outcome="answered", agent="op",
                                node="n1"))  # fmt: skip
     clock[0] = 59.0
-    assert (await offered(day), await offered(today)) == (before[0], before[1] + 1)
+    assert (await offered(day), await offered(today)) == (before[0], before[1] + 1)  # new-1 only
     clock[0] = 60.0
-    assert await offered(day) == before[0] + 1  # the late write shows once the ttl is over
+    assert (await offered(day), await offered(today)) == (before[0] + 1, before[1] + 2)
 
 
 def test_the_cache_stays_bounded():

@@ -118,6 +118,7 @@ def router(
     intake: Callable[..., Any] | None = None,
     refresh: float = 0.5,
     figures_cache: FiguresCache | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> APIRouter:
     r = APIRouter(prefix=PREFIX, include_in_schema=False)
     figures_cache = figures_cache if figures_cache is not None else FiguresCache()
@@ -283,7 +284,8 @@ def router(
     @r.get("/figures")
     async def figures(request: Request, s: Session = viewer_page) -> HTMLResponse:
         st = settings()
-        today = datetime.now(st.tz).date()
+        now = clock()
+        today = now.astimezone(st.tz).date()
         try:
             first = datetime.strptime(request.query_params.get("from", ""), "%Y-%m-%d").date()
         except ValueError:
@@ -297,7 +299,7 @@ def router(
             last = first + timedelta(days=366)
         by = Grouping.HOUR if first == last else Grouping.DAY
         time_rep, queue_rep, op_rep, reach = await asyncio.to_thread(
-            _figures_in_thread, db_url, first, last, by, st, figures_cache
+            _figures_in_thread, db_url, first, last, by, st, figures_cache, now
         )
         total = figures_dict(time_rep.total)
         labels = [k for k, _ in time_rep.rows]
@@ -410,7 +412,13 @@ def _detail(detail: dict[str, Any]) -> str:
 
 
 def _figures_in_thread(
-    url: str, first: date, last: date, by: Grouping, st: ReportSettings, cache: FiguresCache | None
+    url: str,
+    first: date,
+    last: date,
+    by: Grouping,
+    st: ReportSettings,
+    cache: FiguresCache | None,
+    now: datetime | None = None,
 ) -> Any:
     from callbackd.adapters import db
 
@@ -418,7 +426,7 @@ def _figures_in_thread(
         engine = db.make_engine(url)
         try:
             return await build_figures(
-                engine, first, last, by=by, tz=st.tz, thresholds=st.thresholds, cache=cache
+                engine, first, last, by=by, tz=st.tz, thresholds=st.thresholds, cache=cache, now=now
             )
         finally:
             await engine.dispose()

@@ -1,20 +1,20 @@
-"""The console's figures: one pass per day for every grouping it shows, closed days kept a while.
+"""The console's figures: one pass for every grouping it shows, slices that are over kept a while.
 
 :func:`build_figures` gives the same reports as :func:`.queries.build_report` run once
 per grouping, plus :func:`.queries.reach_by_try`, but reads each call and request once
-and folds it into the time, queue and operator groups together. The period is read day
-by day (in the report's time zone); a :class:`FiguresCache` keeps the groups of days that
-are over for ``ttl`` seconds, so a page over a month recomputes only today once it has
-been shown. Today, and any day not over yet, is always read afresh. A change to a day
-already over (a callback that reaches a caller lost yesterday, a late call row) shows
-within ``ttl``.
+and folds it into the time, queue and operator groups together. The period is read in
+slices: whole days (in the report's time zone), and today by the hour. A
+:class:`FiguresCache` keeps the groups of slices that are over for ``ttl`` seconds, so a
+page shown again reads only the current hour. The current hour is always read afresh;
+a change to a slice already over (a callback that reaches a caller lost this morning or
+yesterday, a request closed, a late call row) shows within ``ttl``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
 from sqlalchemy import and_, case, exists, false, func, or_, select
@@ -36,6 +36,7 @@ from callbackd.domain.partials import CellBuilder, Slice, merge_reach, merge_rep
 from callbackd.domain.periods import midnight
 
 CONSOLE_GROUPINGS = (Grouping.QUEUE, Grouping.OPERATOR)
+HOUR = timedelta(hours=1)
 
 
 def figures_calls_query(start: datetime, end: datetime, dialect: str):
@@ -187,11 +188,9 @@ async def build_figures(
     """
     now = now or datetime.now(UTC)
     groupings = (by, *CONSOLE_GROUPINGS)
-    day = first
     slices: list[Slice] = []
     with gc_paused():
-        while day <= last:
-            start, end = midnight(day, tz), midnight(day + timedelta(days=1), tz)
+        for start, end in _spans(first, last, tz, now):
             key = (start, end, groupings, str(tz), thresholds, str(engine.url))
             part = cache.get(key) if cache is not None else None
             if part is None:
@@ -199,7 +198,23 @@ async def build_figures(
                 if cache is not None and end <= now:
                     cache.put(key, part)
             slices.append(part)
-            day += timedelta(days=1)
-        start, end = slices[0].start, slices[-1].end
+        start, end = midnight(first, tz), midnight(last + timedelta(days=1), tz)
         reports = [merge_report(slices, start, end, g, tz, thresholds) for g in groupings]
     return (*reports, merge_reach(slices))  # type: ignore[return-value]
+
+
+def _spans(first: date, last: date, tz: tzinfo, now: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """The period in slices: whole days once over; the day under way by the hour, from the hours
+    that are over up to one slice from the current hour to midnight (later days whole)."""
+    day = first
+    while day <= last:
+        start, end = midnight(day, tz), midnight(day + timedelta(days=1), tz)
+        if end <= now or start >= now:
+            yield start, end
+        else:
+            at = start.astimezone(UTC)  # steps of an hour: UTC has no wall-clock jumps
+            while at + HOUR <= now:
+                yield at, at + HOUR
+                at += HOUR
+            yield at, end
+        day += timedelta(days=1)
