@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
@@ -27,7 +28,6 @@ from callbackd.adapters.reports.queries import (
     _not_callback_leg,
     _rows,
     gc_paused,
-    reach_by_try,
     request_batches,
     utc_text,
 )
@@ -112,25 +112,61 @@ async def figures_call_batches(
         ]
 
 
-async def _slice(
+def reach_query(start: datetime, end: datetime, dialect: str):
+    """Answered callbacks started in the period with their try (what :func:`reach_by_try` counts)."""
+    return select(m.Attempt.try_no, utc_text(m.Attempt.started_at, dialect)).where(
+        m.Attempt.outcome == "answered", m.Attempt.started_at >= start, m.Attempt.started_at < end
+    )
+
+
+async def _slices(
     engine: AsyncEngine,
-    start: datetime,
-    end: datetime,
+    spans: list[tuple[datetime, datetime]],
     by: Grouping,
     tz: tzinfo,
     thresholds: Thresholds,
-) -> Slice:
-    builder = CellBuilder(by, tz, thresholds)
+) -> list[Slice]:
+    """Consecutive spans read in one pass, each row folded into its span's cells.
+
+    Span edges are local midnights or UTC hours, so on quarter hours of UTC time like the
+    time keys: the span of a row is worked out once per quarter hour.
+    """
+    builders = [CellBuilder(by, tz, thresholds) for _ in spans]
+    reach: list[dict[int, int]] = [{} for _ in spans]
+    edges = [start.timestamp() for start, _ in spans]
+    memo: dict[float, int] = {}
+
+    def span_of(at: datetime) -> int:
+        bucket = at.timestamp() // 900
+        i = memo.get(bucket)
+        if i is None:
+            i = memo[bucket] = bisect_right(edges, bucket * 900) - 1
+        return i
+
+    start, end = spans[0][0], spans[-1][1]
     async with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":  # both passes see one snapshot
+        if engine.dialect.name == "postgresql":  # every pass sees one snapshot
             await conn.execution_options(isolation_level="REPEATABLE READ")
         async for calls in figures_call_batches(conn, start, end):
-            builder.add_calls(calls)
+            if len(spans) == 1:
+                builders[0].add_calls(calls)
+                continue
+            parts: dict[int, list[CallRow]] = {}
+            for c in calls:
+                i = span_of(c.started_at)
+                part = parts.get(i)
+                if part is None:
+                    part = parts[i] = []
+                part.append(c)
+            for i, part in parts.items():
+                builders[i].add_calls(part)
         async for batch in request_batches(conn, start, end, with_queue=True):
             for req, attempts in batch:
-                builder.add_request(req, attempts)
-    reach = await reach_by_try(engine, start, end)
-    return Slice(start, end, builder.groups(), reach)
+                builders[span_of(req.created_at)].add_request(req, attempts)
+        for try_no, at in (await conn.execute(reach_query(start, end, conn.dialect.name))).all():
+            counts = reach[span_of(datetime.fromisoformat(at + "+00:00"))]
+            counts[int(try_no)] = counts.get(int(try_no), 0) + 1
+    return [Slice(s, e, b.groups(), r) for (s, e), b, r in zip(spans, builders, reach, strict=True)]
 
 
 class FiguresCache:
@@ -188,19 +224,29 @@ async def build_figures(
     """
     now = now or datetime.now(UTC)
     groupings = (by, *CONSOLE_GROUPINGS)
-    slices: list[Slice] = []
+    spans = list(_spans(first, last, tz, now))
+    slices: list[Slice | None] = []
+    keys = [(start, end, groupings, str(tz), thresholds, str(engine.url)) for start, end in spans]
     with gc_paused():
-        for start, end in _spans(first, last, tz, now):
-            key = (start, end, groupings, str(tz), thresholds, str(engine.url))
-            part = cache.get(key) if cache is not None else None
-            if part is None:
-                part = await _slice(engine, start, end, by, tz, thresholds)
-                if cache is not None and end <= now:
-                    cache.put(key, part)
-            slices.append(part)
+        for key in keys:
+            slices.append(cache.get(key) if cache is not None else None)
+        i = 0
+        while i < len(spans):  # each run of spans not in the cache in one pass
+            if slices[i] is not None:
+                i += 1
+                continue
+            j = i
+            while j < len(spans) and slices[j] is None:
+                j += 1
+            for k, part in enumerate(await _slices(engine, spans[i:j], by, tz, thresholds), start=i):
+                slices[k] = part
+                if cache is not None and part.end <= now:
+                    cache.put(keys[k], part)
+            i = j
         start, end = midnight(first, tz), midnight(last + timedelta(days=1), tz)
-        reports = [merge_report(slices, start, end, g, tz, thresholds) for g in groupings]
-    return (*reports, merge_reach(slices))  # type: ignore[return-value]
+        done = [p for p in slices if p is not None]
+        reports = [merge_report(done, start, end, g, tz, thresholds) for g in groupings]
+    return (*reports, merge_reach(done))  # type: ignore[return-value]
 
 
 def _spans(first: date, last: date, tz: tzinfo, now: datetime) -> Iterator[tuple[datetime, datetime]]:
