@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -111,7 +112,8 @@ async def pages(url: str, repeat: int) -> dict[str, dict[str, float]]:
                 r = await c.get(path)
                 times.append(time.perf_counter() - t)
                 assert r.status_code == 200, (path, r.status_code)
-            results[name] = {"min": min(times), "median": statistics.median(times), "max": max(times)}
+            results[name] = {"min": min(times), "median": statistics.median(times), "max": max(times),
+                             "n": len(times)}  # fmt: skip
             print(f"{name:40} median {results[name]['median'] * 1000:8.1f} ms  (min {min(times) * 1000:.1f}, "
                   f"max {max(times) * 1000:.1f}, n={len(times)})", flush=True)  # fmt: skip
 
@@ -201,7 +203,14 @@ def main() -> int:
         print(f"generated {counts} + {args.open} open requests in {time.perf_counter() - t:.0f} s")
     res = asyncio.run(pages(url, args.repeat))
     rate = None if args.no_webhooks else asyncio.run(webhooks(url, 1000))
-    summary = {"pages_s": res, "webhooks_per_minute": rate, "calls": args.calls, "open": args.open}
+    summary = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average": os.getloadavg(),  # other work on the machine while this ran
+        "pages_s": res,
+        "webhooks_per_minute": rate,
+        "calls": args.calls,
+        "open": args.open,
+    }
     (OUT / "console.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
