@@ -13,7 +13,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,12 @@ from callbackd.adapters import models as m
 from callbackd.adapters.console import charts
 from callbackd.adapters.console.auth import COOKIE, Auth, Session
 from callbackd.adapters.console.i18n import DISPOSITIONS, LANGUAGES, translator
-from callbackd.adapters.reports import ReportSettings, build_report
+from callbackd.adapters.reports import ReportSettings
+from callbackd.adapters.reports.figures import FiguresCache, build_figures
 from callbackd.adapters.reports.json_out import figures_dict
-from callbackd.adapters.reports.queries import reach_by_try
 from callbackd.adapters.store import NotFound, NumberHasOpenRequest, Store
 from callbackd.domain.errors import IllegalTransition
 from callbackd.domain.metrics import Grouping
-from callbackd.domain.periods import midnight
 from callbackd.domain.states import OPEN_STATUSES, RequestEvent
 
 log = structlog.get_logger("callbackd.console")
@@ -118,8 +117,11 @@ def router(
     wake: Callable[[], None] = lambda: None,
     intake: Callable[..., Any] | None = None,
     refresh: float = 0.5,
+    figures_cache: FiguresCache | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> APIRouter:
     r = APIRouter(prefix=PREFIX, include_in_schema=False)
+    figures_cache = figures_cache if figures_cache is not None else FiguresCache()
 
     def session_of(request: Request) -> Session | None:
         client = request.client.host if request.client else None
@@ -282,7 +284,8 @@ def router(
     @r.get("/figures")
     async def figures(request: Request, s: Session = viewer_page) -> HTMLResponse:
         st = settings()
-        today = datetime.now(st.tz).date()
+        now = clock()
+        today = now.astimezone(st.tz).date()
         try:
             first = datetime.strptime(request.query_params.get("from", ""), "%Y-%m-%d").date()
         except ValueError:
@@ -294,10 +297,9 @@ def router(
         last = max(last, first)
         if (last - first).days > 366:
             last = first + timedelta(days=366)
-        start, end = midnight(first, st.tz), midnight(last + timedelta(days=1), st.tz)
         by = Grouping.HOUR if first == last else Grouping.DAY
         time_rep, queue_rep, op_rep, reach = await asyncio.to_thread(
-            _figures_in_thread, db_url, start, end, by, st
+            _figures_in_thread, db_url, first, last, by, st, figures_cache, now
         )
         total = figures_dict(time_rep.total)
         labels = [k for k, _ in time_rep.rows]
@@ -409,17 +411,23 @@ def _detail(detail: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in detail.items())
 
 
-def _figures_in_thread(url: str, start: datetime, end: datetime, by: Grouping, st: ReportSettings) -> Any:
+def _figures_in_thread(
+    url: str,
+    first: date,
+    last: date,
+    by: Grouping,
+    st: ReportSettings,
+    cache: FiguresCache | None,
+    now: datetime | None = None,
+) -> Any:
     from callbackd.adapters import db
 
     async def go() -> Any:
         engine = db.make_engine(url)
         try:
-            reps = [
-                await build_report(engine, start, end, by=g, tz=st.tz, thresholds=st.thresholds)
-                for g in (by, Grouping.QUEUE, Grouping.OPERATOR)
-            ]
-            return (*reps, await reach_by_try(engine, start, end))
+            return await build_figures(
+                engine, first, last, by=by, tz=st.tz, thresholds=st.thresholds, cache=cache, now=now
+            )
         finally:
             await engine.dispose()
 

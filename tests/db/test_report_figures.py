@@ -1,0 +1,203 @@
+"""The console's one-pass figures against the report builder, on real SQLite and PostgreSQL.
+
+A generated dataset over four days in Moscow time (calls with microsecond timestamps, queues,
+agents, requests with attempts, some joined by a later call, some reached later by the
+client's own call): :func:`build_figures` must give, for each day and period, what
+:func:`build_report` gives for the same grouping and :func:`reach_by_try` for the same period.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import fields
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from callbackd.adapters import db
+from callbackd.adapters import models as m
+from callbackd.adapters.reports import build_report
+from callbackd.adapters.reports.figures import FiguresCache, build_figures
+from callbackd.adapters.reports.queries import reach_by_try
+from callbackd.domain.metrics import Accumulator, Figures, Grouping, Thresholds
+from callbackd.domain.partials import MERGED_SLOTS
+from callbackd.domain.periods import midnight
+
+MSK = ZoneInfo("Europe/Moscow")
+FIRST = date(2026, 3, 2)
+DAYS = 4
+THRESHOLDS = Thresholds()
+FLOAT_SUMS = {"asa", "ata", "aht"}  # means of float sums: equal up to the order of addition
+
+
+def us(rnd: random.Random, low: int, high: int) -> timedelta:
+    """Between *low* and *high* seconds, with microseconds."""
+    return timedelta(seconds=rnd.randrange(low, high), microseconds=rnd.randrange(10**6))
+
+
+def generate(seed: int = 7) -> list[m.Base]:
+    rnd = random.Random(seed)
+    numbers = [f"+1202555{i:04d}" for i in range(60)]
+    agents = [f"PJSIP/op{i}" for i in range(5)]
+    t0 = midnight(FIRST, MSK).astimezone(UTC) - timedelta(hours=2)  # a few calls the day before
+    rows: list[m.Base] = []
+    open_of: dict[str, int] = {}  # one open request per number
+    starts = sorted(t0 + us(rnd, 0, (DAYS + 1) * 86400) for _ in range(600))
+    for i, start in enumerate(starts):
+        number = rnd.choice(numbers) if rnd.random() > 0.05 else None
+        queue = rnd.choice(["support", "sales", None])
+        lid = f"{1772323200 + i}.{i}"
+        if rnd.random() < 0.6:
+            wait = us(rnd, 0, 60)
+            answered = start + wait
+            rows.append(
+                m.Call(
+                    linkedid=lid, number=number, queue=queue, started_at=start, answered_at=answered,
+                    ended_at=answered + us(rnd, 10, 600), hold_time=rnd.choice([None, wait.seconds]),
+                    agent=rnd.choice(agents), outcome="answered", node="n1",
+                )
+            )  # fmt: skip
+            continue
+        length = us(rnd, 0, 120)
+        ended = start + length
+        reason = rnd.choice(["queue_abandon", "queue_timeout"]) if queue else "no_answer"
+        rows.append(
+            m.Call(
+                linkedid=lid, number=number, queue=queue, started_at=start, ended_at=ended,
+                hold_time=rnd.choice([None, length.seconds]), outcome="missed", miss_reason=reason, node="n1",
+            )
+        )  # fmt: skip
+        if number is None or rnd.random() < 0.2:
+            continue
+        if number in open_of:  # the call joins the number's open request
+            rows.append(m.Contact(source="ami", source_ref=lid, number=number, reason=reason, at=ended,
+                                  disposition="merged", request_id=open_of[number]))  # fmt: skip
+            continue
+        rid = sum(isinstance(r, m.Request) for r in rows) + 1
+        status = rnd.choice(["reached", "recovered", "expired", "failed", "cancelled", "open", "dialling"])
+        if status in ("open", "dialling"):
+            open_of[number] = rid
+        tries = rnd.randrange(0, 4) if status != "reached" else rnd.randrange(1, 4)
+        rows.append(
+            m.Request(
+                id=rid, number=number, name="", reason=reason, sources=["ami"], contact_count=1,
+                status=status, created_at=ended, updated_at=ended, attempts_made=tries, operator_tries=0,
+                note="",
+            )
+        )  # fmt: skip
+        rows.append(m.Contact(source="ami", source_ref=lid, number=number, reason=reason, at=ended,
+                              disposition="schedule", request_id=rid))  # fmt: skip
+        at = ended
+        for t in range(tries):
+            at += us(rnd, 60, 20000)
+            outcome = "answered" if status == "reached" and t == tries - 1 else "client_no_answer"
+            rows.append(
+                m.Attempt(
+                    id=f"a{rid}-{t}", request_id=rid, try_no=t + 1, operator=rnd.choice(agents),
+                    channel_id=f"cbd-{rid}-{t}", number=number, status="done", outcome=outcome, counted=True,
+                    started_at=at, ended_at=at + timedelta(seconds=30), node="n1",
+                )
+            )  # fmt: skip
+    return rows
+
+
+@pytest.fixture
+async def engine(db_url):
+    e = db.make_engine(db_url)
+    await db.upgrade(e)
+    rows = generate()
+    async with db.sessionmaker(e)() as session, session.begin():
+        for kind in (m.Call, m.Request, m.Contact, m.Attempt):
+            session.add_all([r for r in rows if isinstance(r, kind)])
+            await session.flush()
+    yield e
+    await e.dispose()
+
+
+def same_figures(got: Figures, want: Figures) -> None:
+    for f in fields(Figures):
+        a, b = getattr(got, f.name), getattr(want, f.name)
+        if f.name in FLOAT_SUMS and a is not None and b is not None:
+            assert a == pytest.approx(b, rel=1e-12, abs=0), f.name
+        else:
+            assert a == b, f.name
+
+
+def same_report(got, want) -> None:
+    assert [k for k, _ in got.rows] == [k for k, _ in want.rows]
+    for (_, g), (_, w) in zip(got.rows, want.rows, strict=True):
+        same_figures(g, w)
+    same_figures(got.total, want.total)
+    assert (got.start, got.end, got.by) == (want.start, want.end, want.by)
+
+
+def local(d: date, hours: float) -> datetime:
+    return midnight(d, MSK).astimezone(UTC) + timedelta(hours=hours)
+
+
+THIRD = FIRST + timedelta(days=2)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "by", "now"),
+    [
+        (FIRST, FIRST, Grouping.HOUR, None),  # a day that is over: one slice
+        (THIRD, THIRD, Grouping.HOUR, local(THIRD, 15.75)),  # today at 15:45: 15 hours and the rest
+        (FIRST, FIRST + timedelta(days=DAYS - 1), Grouping.DAY, None),  # a period, merged day by day
+        (FIRST, FIRST + timedelta(days=DAYS - 1), Grouping.DAY, local(THIRD, 7.5)),  # days, hours, a day
+    ],
+    ids=["day", "today", "period", "period-under-way"],
+)
+async def test_one_pass_figures_match_one_report_per_grouping(engine, first, last, by, now):
+    start, end = midnight(first, MSK), midnight(last + timedelta(days=1), MSK)
+    got = await build_figures(engine, first, last, by=by, tz=MSK, thresholds=THRESHOLDS, now=now)
+    for rep, g in zip(got[:3], (by, Grouping.QUEUE, Grouping.OPERATOR), strict=True):
+        want = await build_report(engine, start, end, by=g, tz=MSK, thresholds=THRESHOLDS)
+        same_report(rep, want)
+        assert want.total.offered > 50 and want.total.requests > 10  # the dataset is not trivial
+        assert want.total.net_lost < want.total.abandoned  # some lost callers were reached later
+    assert got[3] == await reach_by_try(engine, start, end)
+    assert sum(got[3].values()) > 0
+
+
+def test_the_cells_merge_every_slot_of_an_accumulator():
+    assert sorted(MERGED_SLOTS) == sorted(Accumulator.__slots__)
+
+
+async def test_slices_that_are_over_are_kept_for_the_ttl_the_current_hour_never(engine):
+    """Yesterday and this morning's hours come from the cache until the ttl runs out; the
+    current hour is read every time."""
+    clock = [0.0]
+    cache = FiguresCache(ttl=60, clock=lambda: clock[0])
+    day, today = FIRST, FIRST + timedelta(days=1)
+    now = local(today, 12.5)
+
+    async def offered(d: date) -> int:
+        reps = await build_figures(engine, d, d, by=Grouping.HOUR, tz=MSK, thresholds=THRESHOLDS,
+                                   cache=cache, now=now)  # fmt: skip
+        return reps[0].total.offered
+
+    before = await offered(day), await offered(today)
+    async with db.sessionmaker(engine)() as session, session.begin():
+        for lid, at in (
+            ("late-1", local(day, 10)),
+            ("morning-1", local(today, 10)),
+            ("new-1", local(today, 12.2)),
+        ):
+            session.add(m.Call(linkedid=lid, number=None, queue=None, started_at=at, answered_at=at,
+                               ended_at=at + timedelta(seconds=5), outcome="answered", agent="op",
+                               node="n1"))  # fmt: skip
+    clock[0] = 59.0
+    assert (await offered(day), await offered(today)) == (before[0], before[1] + 1)  # new-1 only
+    clock[0] = 60.0
+    assert (await offered(day), await offered(today)) == (before[0] + 1, before[1] + 2)
+
+
+def test_the_cache_stays_bounded():
+    clock = [0.0]
+    cache = FiguresCache(ttl=60, size=3, clock=lambda: clock[0])
+    for i in range(5):
+        clock[0] = float(i)
+        cache.put((i,), object())  # type: ignore[arg-type]
+    assert [cache.get((i,)) is not None for i in range(5)] == [False, False, True, True, True]
