@@ -104,7 +104,7 @@ async def run(
     from callbackd.domain import simulation as sim
 
     settings = reports.ReportSettings.from_config(cfg)
-    engine = db.make_engine(cfg.database.url)
+    engine = db.make_engine(cfg.database.url, read_only=True)
     try:
         period = await simdata.load_period(engine, start, end)
         measured = await reports.build_report(

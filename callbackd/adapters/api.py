@@ -303,7 +303,7 @@ def _report_in_thread(url: str, start: datetime, end: datetime, by: str | None, 
     """A worker thread with its own loop and engine: the daemon's loop keeps reading AMI meanwhile."""
 
     async def go() -> Any:
-        engine = db.make_engine(url)
+        engine = db.make_engine(url, read_only=True)
         try:
             grouping = Grouping(by) if by else None
             return await build_report(engine, start, end, by=grouping, tz=s.tz, thresholds=s.thresholds)

@@ -10,7 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
+    """An engine for ``url``. ``read_only`` (reports, exports, the console's figures): on SQLite
+    its transactions are deferred snapshots that never take the write lock, so a long report
+    does not hold up the daemon's writes for its whole length."""
     if url.startswith("sqlite"):
         _ensure_parent(url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
@@ -31,8 +34,8 @@ def make_engine(url: str) -> AsyncEngine:
         def _begin(conn) -> None:
             # IMMEDIATE takes the write lock at the start, so a read-modify-write (cancel,
             # recover, finish) is one transaction and never overwrites another. WAL readers
-            # are not blocked by it.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # are not blocked by it, and a read-only engine's snapshot does not block writers.
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)

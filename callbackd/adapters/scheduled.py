@@ -45,7 +45,7 @@ async def write_scheduled(url: str, job: Any, settings: ReportSettings, now: dat
     start, end = named_period(job.period, now, settings.tz)
     path = target_path(job, start, end, settings)
     binary = job.format in BINARY_FORMATS
-    engine = db.make_engine(url)
+    engine = db.make_engine(url, read_only=True)
     try:
         if job.what == "report":
             report = await build_report(

@@ -423,7 +423,7 @@ def _figures_in_thread(
     from callbackd.adapters import db
 
     async def go() -> Any:
-        engine = db.make_engine(url)
+        engine = db.make_engine(url, read_only=True)
         try:
             return await build_figures(
                 engine, first, last, by=by, tz=st.tz, thresholds=st.thresholds, cache=cache, now=now
