@@ -58,11 +58,16 @@ class AmiProxy:
             writer.transport.abort()
             return
         self._links |= {writer, up_writer}
-        await asyncio.gather(
-            self._pump(reader, up_writer, watch=False),
-            self._pump(up_reader, writer, watch=True),
-            return_exceptions=True,
-        )
+        try:
+            await asyncio.gather(
+                self._pump(reader, up_writer, watch=False),
+                self._pump(up_reader, writer, watch=True),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:
+            # The proxy is closing: a connection handler that ends cancelled makes asyncio's
+            # stream callback print a traceback for what is a normal end.
+            return
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watch: bool) -> None:
         try:
