@@ -292,18 +292,8 @@ class Schedule:
         Unless the client chose a time ("call me at 15:00", from the phone or an operator):
         a new choice replaces the due time, and a standing one is kept.
         """
-        if new_choice and preferred_at is not None:
-            chosen = self.due_at(
-                0,
-                None,
-                contact_at,
-                preferred_at=preferred_at,
-                spread_key=spread_key,
-                client_zones=client_zones,
-                queue=queue,
-            )
-            return chosen if chosen is not None else due_at
-        if kept_choice:
+        chose_now = new_choice and preferred_at is not None
+        if kept_choice and not chose_now:
             return due_at
         fresh = self.due_at(
             0,
@@ -316,6 +306,6 @@ class Schedule:
         )
         if fresh is None:
             return due_at
-        if due_at is None:
+        if chose_now or due_at is None:
             return fresh
         return min(due_at, fresh)
