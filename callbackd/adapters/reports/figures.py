@@ -15,18 +15,18 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
 from sqlalchemy import and_, case, exists, false, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
 
 from callbackd.adapters import models as m
 from callbackd.adapters.reports.queries import (
     BATCH,
     _not_callback_leg,
-    _rows,
+    call_batches,
     gc_paused,
     request_batches,
     utc_text,
@@ -89,29 +89,6 @@ def figures_calls_query(start: datetime, end: datetime, dialect: str):
     )
 
 
-async def figures_call_batches(
-    conn: AsyncConnection, start: datetime, end: datetime
-) -> AsyncIterator[list[CallRow]]:
-    iso = datetime.fromisoformat
-    async for part in _rows(conn, figures_calls_query(start, end, conn.dialect.name)):
-        yield [
-            CallRow(
-                iso(r[0] + "+00:00"),
-                r[1],
-                r[2] and iso(r[2] + "+00:00"),
-                r[3],
-                r[4] and iso(r[4] + "+00:00"),
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                bool(r[9]),
-                r[10],
-            )
-            for r in part
-        ]
-
-
 def reach_query(start: datetime, end: datetime, dialect: str):
     """Answered callbacks started in the period with their try (what :func:`reach_by_try` counts)."""
     return select(m.Attempt.try_no, utc_text(m.Attempt.started_at, dialect)).where(
@@ -147,7 +124,7 @@ async def _slices(
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":  # every pass sees one snapshot
             await conn.execution_options(isolation_level="REPEATABLE READ")
-        async for calls in figures_call_batches(conn, start, end):
+        async for calls in call_batches(conn, start, end, figures_calls_query):
             if len(spans) == 1:
                 builders[0].add_calls(calls)
                 continue
