@@ -112,9 +112,10 @@ class Dialer:
 
     @cfg.setter
     def cfg(self, cfg: DialerConfig) -> None:
-        """A reload's ring times apply to the stages that start after it."""
+        """A reload's ring times and queue routes apply to what starts after it."""
         self._cfg = cfg
         self.tracker.timing = timing(cfg)
+        self.routes = cfg.routes()
 
     @property
     def runs(self) -> dict[str, Attempt]:
@@ -162,7 +163,7 @@ class Dialer:
             return
         if self.paused_until is not None and now < self.paused_until:
             return
-        routes = self.cfg.routes()
+        routes = self.routes
         hold = self.cfg.hold_while_callers_wait
         waiting = self.pool.waiting
         stamp = now.timestamp()
