@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -34,3 +35,16 @@ async def built_daemon(
     async with AsyncExitStack() as stack:
         await d.build(stack, ami=ami)
         yield d
+
+
+class RecordingAmi:
+    """Stands in for the AMI adapter in dialer tests: records each Originate, never answers it."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.originates: list[dict[str, Any]] = []
+
+    def originate(self, fields: dict[str, Any]) -> asyncio.Future[Any]:
+        self.originates.append(dict(fields))
+        return asyncio.get_running_loop().create_future()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
-from typing import Any
 
 import pytest
+from daemonkit import RecordingAmi
 
 from callbackd.adapters import db
 from callbackd.adapters.store import Store
@@ -26,23 +25,9 @@ CFG = DialerConfig(
 )
 
 
-class RecordingAmi:
-    connected = True
-
-    def __init__(self) -> None:
-        self.originates: list[dict[str, Any]] = []
-
-    def originate(self, fields: dict[str, Any]) -> asyncio.Future[Any]:
-        self.originates.append(dict(fields))
-        return asyncio.get_running_loop().create_future()
-
-    def rang(self) -> dict[str, str]:
-        """Client number -> operator channel, for every Originate sent."""
-        out = {}
-        for f in self.originates:
-            number = f["CallerID"].rsplit("<", 1)[1].rstrip(">")
-            out[number] = f["Channel"]
-        return out
+def rang(ami: RecordingAmi) -> dict[str, str]:
+    """Client number -> operator channel, for every Originate sent."""
+    return {f["CallerID"].rsplit("<", 1)[1].rstrip(">"): f["Channel"] for f in ami.originates}
 
 
 def member(interface: str, queue: str, paused: str = "0") -> dict[str, str]:
@@ -100,7 +85,7 @@ async def test_each_callback_rings_a_member_of_the_queue_its_client_called(store
     pool = OperatorPool(CFG.queues)
     pool.resync([member("PJSIP/op1", "support"), member("PJSIP/op2", "sales")])
     ami = await run_tick(store, pool, now)
-    assert ami.rang() == {"+12025550101": "PJSIP/op2", "+12025550102": "PJSIP/op1"}
+    assert rang(ami) == {"+12025550101": "PJSIP/op2", "+12025550102": "PJSIP/op1"}
     sales = next(f for f in ami.originates if "+12025550101" in f["CallerID"])
     assert "CBD_OUTCID=+15550111" in sales["Variable"]
 
@@ -111,7 +96,7 @@ async def test_callers_waiting_in_one_queue_hold_back_only_its_callbacks(store, 
     pool = OperatorPool(CFG.queues)
     pool.resync([member("PJSIP/op1", "support"), member("PJSIP/op2", "sales"), waiting("support", 1)])
     ami = await run_tick(store, pool, now)
-    assert ami.rang() == {"+12025550101": "PJSIP/op2"}
+    assert rang(ami) == {"+12025550101": "PJSIP/op2"}
     pending = await store.claim_due(now, 10)
     assert [r.number for r in pending] == ["+12025550102"], "the support request was left due"
 
@@ -124,6 +109,6 @@ async def test_a_queue_with_nobody_free_falls_back_and_one_without_fallback_wait
     # op2 is paused in sales only; op1 takes support, and sales falls back to it.
     pool.resync([member("PJSIP/op1", "support"), member("PJSIP/op2", "sales", paused="1")])
     ami = await run_tick(store, pool, now)
-    assert ami.rang() == {"+12025550101": "PJSIP/op1"}, "the oldest, sales, got the fall-back member"
+    assert rang(ami) == {"+12025550101": "PJSIP/op1"}, "the oldest, sales, got the fall-back member"
     left = sorted(r.number for r in await store.claim_due(now, 10))
     assert left == ["+12025550102", "+12025550103"]

@@ -18,7 +18,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
-from daemonkit import built_daemon, daemon_config
+from daemonkit import RecordingAmi, built_daemon, daemon_config
 from leadkit import NOW, RULES, TOKEN, counts
 from panoramisk.message import Message
 from sqlalchemy import select, update
@@ -330,17 +330,6 @@ def test_originate_fields_refuse_anything_but_e164(number):
 def test_dial_pattern_cannot_smuggle_a_second_channel(pattern):
     with pytest.raises((ConfigError, ValueError), match="dial_pattern"):
         Config.model_validate({"dialer": {"dial_pattern": pattern}})
-
-
-class RecordingAmi:
-    connected = True
-
-    def __init__(self) -> None:
-        self.originates: list[dict[str, Any]] = []
-
-    def originate(self, fields: dict[str, Any]) -> asyncio.Future[Any]:
-        self.originates.append(dict(fields))
-        return asyncio.get_running_loop().create_future()
 
 
 async def test_a_number_written_behind_our_back_is_failed_never_dialled(lead_store):

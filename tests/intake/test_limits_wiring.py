@@ -13,7 +13,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
-from daemonkit import built_daemon, daemon_config
+from daemonkit import RecordingAmi, built_daemon, daemon_config
 from leadkit import TOKEN, counts, free_port
 from sqlalchemy import select
 from structlog.testing import capture_logs
@@ -33,19 +33,6 @@ from callbackd.domain.states import RequestEvent
 NUMBER = "+12025550123"
 ALWAYS = {"hours": {"mon-sun": "00:00-24:00"}}
 AT = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
-
-
-class RecordingAmi:
-    """Stands in for the AMI adapter: records each Originate and never answers it."""
-
-    connected = True
-
-    def __init__(self) -> None:
-        self.originates: list[dict[str, Any]] = []
-
-    def originate(self, fields: dict[str, Any]) -> asyncio.Future[Any]:
-        self.originates.append(dict(fields))
-        return asyncio.get_running_loop().create_future()
 
 
 @pytest.fixture
