@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="when to press --dtmf, counted from the answer (default 2)",
     )
+    ca.add_argument(
+        "--keys",
+        metavar="KEYS@S,...",
+        help="press several keys at set times after the answer, e.g. 1@2,2@8,1430@11,1@18"
+        " (keys of one group 0.3 s apart); excludes --dtmf",
+    )
     ca.add_argument("--background", action="store_true", help="return at once, print the sipp pid")
     ca.set_defaults(fn=cmd_call)
 

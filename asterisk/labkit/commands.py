@@ -212,6 +212,18 @@ def cmd_call(args) -> int:
     prune_call_logs()
     port = free_udp_port()
     tag = f"{time.strftime('%H%M%S')}-{port}"
+    if args.keys is not None:
+        if args.dtmf is not None:
+            raise LabError("--keys and --dtmf exclude each other")
+        presses = parse_keys(args.keys)
+        scenario = calls_dir / f"{tag}.keys.xml"
+        scenario.write_text(keys_scenario(presses))
+        extra = ["-key", "dtmf", presses[0][1]]
+        last = presses[-1][0]
+        if hangup > 0:  # the scenario's timer restarts at the last key press
+            if hangup <= last:
+                raise LabError(f"--hangup-after {hangup:g} comes before the last key at {last:g} s")
+            limit_ms = max(100, int((hangup - last) * 1000))
     msg_log, out_log = calls_dir / f"{tag}.messages.log", calls_dir / f"{tag}.out"
     cmd = [
         "sipp",
@@ -295,6 +307,47 @@ def cmd_call(args) -> int:
     return 0
 
 
+KEY_GAP = 0.3  # seconds between the keys of one group, like a person typing
+
+
+def parse_keys(spec: str) -> list[tuple[float, str]]:
+    """``"1@2,1430@11"`` -> one (seconds after the answer, key) per key press, in time order.
+
+    A group of several keys is pressed KEY_GAP apart, starting at its time.
+    """
+    presses: list[tuple[float, str]] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*([0-9*#]+)@([0-9]+(?:\.[0-9]+)?)\s*", part)
+        if m is None:
+            raise LabError(f"--keys wants KEYS@SECONDS[,KEYS@SECONDS...], e.g. 1@2,1430@11; got {part!r}")
+        at = float(m.group(2))
+        presses += [(at + i * KEY_GAP, key) for i, key in enumerate(m.group(1))]
+    presses.sort()
+    if len(presses) > 40:
+        raise LabError("--keys: at most 40 key presses")
+    return presses
+
+
+def keys_scenario(presses: list[tuple[float, str]]) -> str:
+    """caller-dtmf.xml with its one key press replaced by the timed presses (SIP INFO each)."""
+    base = (SIPP_DIR / "caller-dtmf.xml").read_text()
+    start = base.index("  <!-- Wait -d MS, then press the key. -->")
+    end_tag = '<recv response="200" optional="true" ontimeout="hangup"/>'
+    end = base.index(end_tag, start) + len(end_tag)
+    block = base[start:end]
+    info = block[block.index("  <send") :]
+    steps, prev = [], 0.0
+    for n, (at, key) in enumerate(presses):
+        steps.append(f'  <pause milliseconds="{max(0, round((at - prev) * 1000))}"/>\n')
+        press = info.replace("CSeq: 2 INFO", f"CSeq: {n + 2} INFO").replace("[dtmf]", key)
+        # SIPp refuses an optional receive right before a pause: Asterisk answers every INFO.
+        press = press.replace(end_tag, '<recv response="200" timeout="5000" ontimeout="hangup"/>')
+        steps.append(press + "\n")
+        prev = at
+    out = base[:start] + "".join(steps) + base[end:]
+    return out.replace("CSeq: 3 BYE", f"CSeq: {len(presses) + 2} BYE")
+
+
 def prune_call_logs(keep: int = 200) -> None:
     calls_dir = state_path("calls")
 
@@ -307,7 +360,8 @@ def prune_call_logs(keep: int = 200) -> None:
 
     logs = sorted(calls_dir.glob("*.messages.log"), key=mtime)
     for f in logs[:-keep]:
-        for g in (f, f.with_name(f.name.replace(".messages.log", ".out"))):
+        stem = f.name.replace(".messages.log", "")
+        for g in (f, f.with_name(f"{stem}.out"), f.with_name(f"{stem}.keys.xml")):
             with contextlib.suppress(FileNotFoundError):
                 g.unlink()
     for f in calls_dir.glob("*.json"):

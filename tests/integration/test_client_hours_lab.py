@@ -117,3 +117,37 @@ async def test_busy_client_is_retried_after_the_busy_delay(lab, fresh, daemon_fa
     # Counted from the busy try's start, like every ladder wait.
     started = datetime.fromisoformat(first["started_at"])
     assert datetime.fromisoformat(o1["next_due"]) == started + timedelta(seconds=5)
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+async def test_a_time_keyed_in_over_the_phone_is_stored_and_honoured(lab, fresh, daemon_factory, tmp_path):
+    """Press 1 in the queue, keep the number, press 2, key in HHMM, confirm with 1 (FastAGI)."""
+    daemon = daemon_factory(lab_config(tmp_path))
+    number = "+12025550191"  # Washington: the keyed-in time is New York time
+    # One to two minutes ahead (the call itself takes 30 s), on the minute: the keypad takes HHMM.
+    chosen = (datetime.now(NEW_YORK) + timedelta(minutes=2)).replace(second=0, microsecond=0)
+    # 1 leaves the queue, 1 keeps the caller's number, 2 asks for another time, HHMM, 1 confirms it.
+    keys = f"1@2,1@5,2@8,{chosen:%H%M}@12,1@19"
+    for op in ("op1", "op2"):
+        lab.pause(op)
+    try:
+        await asyncio.to_thread(lab.call, number[2:], 30, "100", "--keys", keys)
+    finally:
+        for op in ("op1", "op2"):
+            lab.pause(op, on=False)
+    stored = await wait(daemon, "agi.callback_request", 10)
+    assert stored["chosen_time"] is True and stored["result"] == "schedule", stored
+    req = show(daemon.config, number)
+    assert req["time_chosen"] is True and "agi" in req["sources"], req
+    # Stored as the client's own wall-clock time, kept when the queue abandon merged in.
+    assert datetime.fromisoformat(req["preferred_at"]) == chosen
+    assert datetime.fromisoformat(req["due_at"]) == chosen
+    assert req["contacts"] >= 1
+    # Honoured: nobody is dialled before the time, the callback comes right after it.
+    ring = await wait(daemon, "operator.ringing", 240, number=number)
+    rang_at = datetime.fromisoformat(ring["timestamp"])
+    assert chosen <= rang_at < chosen + timedelta(seconds=30), (rang_at, chosen)
+    out = await wait(daemon, "attempt.outcome", 60, number=number)
+    assert out["outcome"] == "answered" and out["request_status"] == "reached"
