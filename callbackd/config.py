@@ -199,6 +199,9 @@ class DialerConfig(_Section):
         "no_answer": ["number-not-answering"],
     }
     whisper_custom: list[str] = []
+    # Answering-machine detection on the client leg (Asterisk's AMD(), app_amd loaded; amd.conf
+    # tunes it). A machine is hung up before the operator is bridged and counts as "voicemail".
+    amd: bool = False
     # How often the dialer looks for due requests when nothing wakes it earlier.
     poll_interval: Duration = timedelta(seconds=2)
 

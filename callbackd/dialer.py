@@ -579,6 +579,7 @@ def originate_fields(
             f"CBD_OUTCID={caller_id_for(did, cfg.callerid_by_did, _queue_callerid(cfg, queue))}",
             f"CBD_WHISPER={whisper(cfg, reason, queue)}",
             f"CBD_TRY={run.try_no}",
+            *(["CBD_AMD=1"] if cfg.amd else []),
         ],
     }
 

@@ -92,6 +92,10 @@ OPERATOR_BEHAVIOURS = {
 PSTN_BEHAVIOURS = {
     # name: (SIP final response, reason); answer and noanswer are handled apart
     "answer": (200, "OK"),
+    # Answer and talk (RTP): "human" says one short word then stays silent, "machine" plays a
+    # 4 s greeting; Asterisk's AMD() tells them apart (HUMAN / MACHINE LONGGREETING).
+    "human": (200, "OK"),
+    "machine": (200, "OK"),
     "noanswer": (None, None),
     "busy": (486, "Busy Here"),
     "unallocated": (404, "Not Found"),

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
+import math
 import os
 import random
 import re
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -115,6 +117,36 @@ COMPACT = {
 
 T1, T2 = 0.5, 4.0
 
+FRAME_S = 0.02  # one RTP packet: 20 ms, 160 samples at 8 kHz
+# What a talking client sends once the call is confirmed: (seconds of voice, seconds of silence).
+SPEECH = {"human": (0.6, 3.0), "machine": (4.0, 1.0)}
+
+
+def ulaw(sample: int) -> int:
+    """G.711 mu-law of one 16-bit sample (the standard bias-and-segment encoding)."""
+    sign = 0x80 if sample < 0 else 0
+    mag = min(abs(sample), 32635) + 0x84
+    exponent = min(7, mag.bit_length() - 8)
+    mantissa = (mag >> (exponent + 3)) & 0x0F
+    return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+# 400 Hz is 8 whole periods per frame, so frames join without a click; loud enough for AMD's
+# silence threshold (256), like a voice.
+VOICE_FRAME = bytes(ulaw(int(8000 * math.sin(2 * math.pi * 400 * i / 8000))) for i in range(160))
+SILENCE_FRAME = bytes([ulaw(0)]) * 160
+
+
+def rtp_target(offer: bytes) -> tuple[str, int] | None:
+    """Where Asterisk wants our audio: the c= address and m=audio port of its SDP offer."""
+    host, port = None, None
+    for line in offer.decode(errors="replace").splitlines():
+        if line.startswith("c=IN IP4 "):
+            host = line.split()[2]
+        elif line.startswith("m=audio "):
+            port = int(line.split()[1])
+    return (host, port) if host and port else None
+
 
 class SipMsg:
     def __init__(self, first: str, headers: list[tuple[str, str]], body: bytes):
@@ -208,6 +240,7 @@ class PstnCall:
         self.attempt = 0
         self.talk = 0.0
         self.sdp = b""
+        self.ssrc = random.getrandbits(32)
 
 
 class PstnServer:
@@ -351,7 +384,7 @@ class PstnServer:
             src=f"{addr[0]}:{addr[1]}",
             caller=uri_user(uri_of(req.get("from"))),
         )
-        if name == "answer":
+        if name in ("answer", "human", "machine"):
             self.send_provisional(call, 180, "Ringing")
             self.at(float(st.get("ring", PSTN_DEFAULT_RING)), self.answer, call, call.gen)
         elif name == "noanswer":
@@ -388,10 +421,26 @@ class PstnServer:
             call.state = "confirmed"
             call.gen += 1
             talk = call.talk if call.talk > 0 else PSTN_TALK_CAP
+            if call.behaviour in SPEECH:
+                voice, quiet = SPEECH[call.behaviour]
+                talk = max(talk, voice + quiet)
+                target = rtp_target(call.invite.body)
+                if target is not None:
+                    self.record(call, "speaks", seconds=voice)
+                    self.talk_frame(call, call.gen, target, 0, round(voice / FRAME_S), round(talk / FRAME_S))
             self.at(talk, self.hang_up, call, call.gen)
         elif call.final_code >= 300 and call.state == "proceeding":
             call.gen += 1
             self.finish(call)
+
+    def talk_frame(self, call: PstnCall, gen: int, target, n: int, voiced: int, total: int) -> None:
+        """Send RTP frame n (voice for the first ``voiced`` frames, then silence) and schedule the next."""
+        if call.gen != gen or call.state != "confirmed" or n >= total:
+            return
+        header = struct.pack("!BBHII", 0x80, 0x80 if n == 0 else 0, n & 0xFFFF, n * 160, call.ssrc)
+        with contextlib.suppress(OSError):
+            self.media.sendto(header + (VOICE_FRAME if n < voiced else SILENCE_FRAME), target)
+        self.at(FRAME_S, self.talk_frame, call, gen, target, n + 1, voiced, total)
 
     def hang_up(self, call: PstnCall, gen: int) -> None:
         if call.gen == gen and call.state == "confirmed":
