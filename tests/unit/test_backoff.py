@@ -45,7 +45,9 @@ def test_nonsense_settings_are_refused(kwargs):
     jitter=st.floats(0, 1),
     rand=st.floats(0, 1),
 )
-def test_never_negative_never_above_the_cap_and_never_shrinks_without_jitter(failures, initial, cap, jitter, rand):
+def test_never_negative_never_above_the_cap_and_never_shrinks_without_jitter(
+    failures, initial, cap, jitter, rand
+):
     b = Backoff(initial=initial, factor=2, cap=cap, jitter=jitter)
     assert 0 < b.delay(failures, rand) <= cap
     plain = Backoff(initial=initial, factor=2, cap=cap)

@@ -9,7 +9,9 @@ from callbackd.domain.statusline import Facts, running, waiting_for_ami, waiting
 
 
 def test_waiting_for_ami_names_the_address_the_attempt_and_the_next_try():
-    assert waiting_for_ami("127.0.0.1:5038", 3, 4) == "waiting for AMI at 127.0.0.1:5038 (attempt 3, next in 4s)"
+    assert (
+        waiting_for_ami("127.0.0.1:5038", 3, 4) == "waiting for AMI at 127.0.0.1:5038 (attempt 3, next in 4s)"
+    )
     assert (
         waiting_for_ami("pbx:5038", 1, 0.5, "cannot connect: Connection refused")
         == "waiting for AMI at pbx:5038 (attempt 1, next in 0.5s): cannot connect: Connection refused"
@@ -29,7 +31,9 @@ def test_running_with_everything_up_shows_the_backlog():
 
 def test_ami_down_since_a_local_time_in_the_report_zone():
     down = datetime(2026, 3, 2, 9, 12, tzinfo=UTC)
-    line = running(Facts("pbx:5038", ami_up=False, ami_down_since=down, dialling=0), ZoneInfo("Europe/Moscow"))
+    line = running(
+        Facts("pbx:5038", ami_up=False, ami_down_since=down, dialling=0), ZoneInfo("Europe/Moscow")
+    )
     assert line.startswith("AMI down since 12:12, reconnecting, database up; ")
 
 
