@@ -93,7 +93,8 @@ class BackoffManager(Manager):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.client.connected:  # lost before a login: one more failed try
-            self.reconnect_timeout = self.client._connect_failed(exc or ConnectionError("hung up before login"))
+            lost = exc or ConnectionError("hung up before login")
+            self.reconnect_timeout = self.client._connect_failed(lost)
         super().connection_lost(exc)
 
 

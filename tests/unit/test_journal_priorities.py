@@ -73,7 +73,8 @@ def test_no_prefix_when_the_output_is_not_the_journal_stream(journal, monkeypatc
 
 
 @pytest.mark.parametrize(
-    ("level", "n"), [("critical", 2), ("error", 3), ("exception", 3), ("warning", 4), ("info", 6), ("debug", 7)]
+    ("level", "n"),
+    [("critical", 2), ("error", 3), ("exception", 3), ("warning", 4), ("info", 6), ("debug", 7)],
 )
 def test_level_to_priority(level, n):
     assert logs.priority(level) == n
