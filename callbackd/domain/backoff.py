@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class Backoff:
     """``initial`` seconds before the second try, times ``factor`` after each failure, at most ``cap``.
 
-    ``jitter`` (0..1) spreads a delay over ``delay * (1 - jitter) .. delay * (1 + jitter)``, still at
+    ``jitter`` (0 up to 1) spreads a delay over ``delay * (1 - jitter) .. delay * (1 + jitter)``, still at
     most ``cap``, so many daemons restarted together do not knock at the same moment.
     """
 
@@ -27,8 +27,8 @@ class Backoff:
             raise ValueError("initial and cap must be positive")
         if self.factor < 1:
             raise ValueError("factor must be at least 1")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("jitter must be between 0 and 1")
+        if not 0 <= self.jitter < 1:  # 1 would allow a zero delay: a busy loop
+            raise ValueError("jitter must be at least 0 and less than 1")
 
     def delay(self, failures: int, rand: float = 0.5) -> float:
         """Seconds to wait after ``failures`` failed tries in a row (1 for the first failure).

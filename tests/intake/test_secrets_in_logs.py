@@ -142,12 +142,12 @@ def test_check_config_prints_no_secret(tmp_path):
     assert_no_secret(ok.stdout + ok.stderr)
     for bad in ('bogus = "x"', "[limits]\nattempts_per_hour = -1", f'broken "{AMI_SECRET}'):
         wrong = callbackd(write_config(tmp_path, free_port(), extra=bad), "check-config")
-        assert wrong.returncode == 2 and wrong.stderr.startswith(str(tmp_path)), wrong.stderr
+        assert wrong.returncode == 3 and wrong.stderr.startswith(str(tmp_path)), wrong.stderr
         assert_no_secret(wrong.stdout + wrong.stderr)
     readable = write_config(tmp_path, free_port())
     readable.chmod(0o644)
     refused = callbackd(readable, "check-config")
-    assert refused.returncode == 2 and "readable by others" in refused.stderr
+    assert refused.returncode == 3 and "readable by others" in refused.stderr
     assert_no_secret(refused.stdout + refused.stderr)
 
 
