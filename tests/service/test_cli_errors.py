@@ -70,7 +70,7 @@ def test_a_database_path_that_does_not_exist(tmp_path, capsys, args):
     db = tmp_path / "typo" / "cb.db"
     config = write_config(tmp_path, db)
     before = tree(tmp_path)
-    code, out, err = run(capsys, config, *args)
+    code, _out, err = run(capsys, config, *args)
     assert code == cli.EXIT_DATABASE, err
     assert (
         one_line(err)
@@ -84,7 +84,7 @@ def test_an_unmigrated_database(tmp_path, capsys, args):
     db = tmp_path / "cb.db"
     sqlite3.connect(db).close()  # an empty file, as an old version's CLI left behind
     config = write_config(tmp_path, db)
-    code, out, err = run(capsys, config, *args)
+    code, _out, err = run(capsys, config, *args)
     assert code == cli.EXIT_DATABASE, err
     assert (
         one_line(err)
@@ -164,7 +164,7 @@ def test_an_output_that_cannot_be_written(tmp_path, capsys, migrated, args, wher
     else:  # refused even to root: no file can be made in /proc
         target = Path("/proc/callbackd-test.csv")
     before = tree(tmp_path)
-    code, out, err = run(capsys, config, *args, "--output", str(target))
+    code, _out, err = run(capsys, config, *args, "--output", str(target))
     assert code == cli.EXIT_FILE, err
     assert one_line(err).startswith(f"callbackd: error: cannot write {target}: ")
     assert tree(tmp_path) == before
@@ -250,7 +250,7 @@ def test_bad_values_exit_2_in_one_line(tmp_path, capsys, migrated, args):
     db.write_bytes(migrated.read_bytes())
     config = write_config(tmp_path, db)
     try:
-        code, out, err = run(capsys, config, *args)
+        code, _out, err = run(capsys, config, *args)
     except SystemExit as exc:  # argparse's own check
         code, err = exc.code, capsys.readouterr().err
     assert code == cli.EXIT_USAGE, err
@@ -266,7 +266,7 @@ def test_a_database_server_that_does_not_answer(tmp_path, capsys):
     config = tmp_path / "callbackd.toml"
     config.write_text(f'[database]\nurl = "postgresql+asyncpg://callbackd@127.0.0.1:{port}/callbackd"\n')
     config.chmod(0o600)
-    code, out, err = run(capsys, config, "requests", "list")
+    code, _out, err = run(capsys, config, "requests", "list")
     assert code == cli.EXIT_DATABASE, err
     assert one_line(err).startswith("callbackd: error: database: ")
 
