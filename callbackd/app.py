@@ -104,6 +104,10 @@ def detection_rules(cfg: Config) -> DetectionRules:
     )
 
 
+class StopWaiting(Exception):
+    """SIGTERM or SIGINT while start-up still waits for AMI or the database: stop, exit 0."""
+
+
 class Daemon:
     def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
@@ -124,6 +128,7 @@ class Daemon:
         self.pool = OperatorPool(cfg.dialer.queues, int(cfg.dialer.wrapup.total_seconds()))
         self.asterisk_version: str | None = None
         self.status_line: str | None = None
+        self._told = float("-inf")  # when start-up last told systemd what it waits for
         self.open_requests: int | None = None
         self.store: Store
         self.intake: IntakeService
@@ -213,7 +218,16 @@ class Daemon:
         stack.push_async_callback(self.dialer.close)
 
     async def run(self) -> int:
+        try:
+            return await self._run()
+        except StopWaiting:
+            log.info("daemon.stopped", drained=True, in_flight=0, hint="stopped while waiting at start")
+            return 0
+
+    async def _run(self) -> int:
         self.lifecycle.install_hup(self._on_hup)
+        # From the start: a stop while AMI or the database is awaited ends the wait, cleanly.
+        self.lifecycle.install_stop()
         async with AsyncExitStack() as stack:
             stack.callback(self._stopped)
             stack.callback(self.lifecycle.uninstall)
@@ -244,7 +258,6 @@ class Daemon:
             reports.start()
             stack.callback(reports.shutdown)
             await self._start_lead_intake(sources)
-            self.lifecycle.install_stop()
             self.state = "running"
             self.status_line = self._running_line()
             notify(f"READY=1\nSTATUS={self.status_line}")
@@ -278,6 +291,7 @@ class Daemon:
 
     def _waiting(self, line: str) -> None:
         """Tell systemd what start-up waits for, and that it is still alive: push the start timeout on."""
+        self._told = time.monotonic()
         if line != self.status_line:
             self.status_line = line
         notify(f"STATUS={line}\nEXTEND_TIMEOUT_USEC={int(EXTEND_START * 1e6)}")
@@ -302,8 +316,10 @@ class Daemon:
                 # Sleep in short steps so systemd's start timeout keeps moving.
                 end = time.monotonic() + delay
                 while (left := end - time.monotonic()) > 0:
-                    await asyncio.sleep(min(left, WAIT_REPORT))
-                    if time.monotonic() < end:
+                    await asyncio.sleep(min(left, WAIT_REPORT, 0.5))
+                    if self.lifecycle.should_exit.is_set():
+                        raise StopWaiting from None
+                    if time.monotonic() < end and time.monotonic() - self._told >= WAIT_REPORT:
                         self._waiting(self.status_line or "waiting for the database")
 
     async def _wait_for_ami(self) -> None:
@@ -311,6 +327,8 @@ class Daemon:
         self.ami.connect()
         reported, told = 0, float("-inf")
         while not await self.ami.wait_login(0.5):
+            if self.lifecycle.should_exit.is_set():
+                raise StopWaiting
             changed = self.ami.failures != reported
             if changed:
                 reported = self.ami.failures
