@@ -233,11 +233,19 @@ def lab_session() -> Iterator[dict[str, Any]]:
                 lab("down")
 
 
+def private_secret(directory: Path) -> Path:
+    """A 0600 copy of asterisk/lab-ami-secret (callbackd refuses a secret file readable by others)."""
+    path = directory / "lab-ami-secret"
+    path.write_text((ROOT / "asterisk" / "lab-ami-secret").read_text())
+    path.chmod(0o600)
+    return path
+
+
 def bench_config(tmp: Path, *, replace: dict[str, str] | None = None, extra: str = "") -> Path:
     """asterisk/callbackd-lab.toml with its own database, status file and JSON logs."""
     text = LAB_CONFIG.read_text()
     fixed = {
-        'secret_file = "asterisk/lab-ami-secret"': f'secret_file = "{ROOT}/asterisk/lab-ami-secret"',
+        'secret_file = "asterisk/lab-ami-secret"': f'secret_file = "{private_secret(tmp)}"',
         "sqlite+aiosqlite:////tmp/callbackd-lab/callbackd.db": f"sqlite+aiosqlite:///{tmp}/callbackd.db",
         'format = "console"': 'format = "json"',
         "/tmp/callbackd-lab/status.json": f"{tmp}/status.json",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,8 @@ from callbackd.adapters.spool import Spool
 from callbackd.adapters.store import ContactResult, Finished, Store
 from callbackd.config import Config, ConfigError
 from callbackd.dialer import Dialer, Run
+from callbackd.domain import statusline
+from callbackd.domain.backoff import Backoff
 from callbackd.domain.detection import DetectionRules, Detector
 from callbackd.domain.intake import Contact, IntakeRules
 from callbackd.domain.limits import AbuseGuard, AbuseLimits
@@ -47,6 +50,12 @@ log = structlog.get_logger("callbackd")
 CLAIM_LEASE = timedelta(hours=2)
 # How often the status loop looks for a change worth rewriting the status file.
 STATUS_CHECK = 1.0
+# While AMI or the database is awaited at start: the STATUS= line is refreshed this often, and each
+# refresh moves systemd's start timeout (TimeoutStartSec) EXTEND_START seconds ahead.
+WAIT_REPORT = 5.0
+EXTEND_START = 30.0
+# How often the open requests shown in STATUS= are counted again.
+COUNT_INTERVAL = 10.0
 
 try:
     VERSION = metadata.version("callbackd")
@@ -95,6 +104,10 @@ def detection_rules(cfg: Config) -> DetectionRules:
     )
 
 
+class StopWaiting(Exception):
+    """SIGTERM or SIGINT while start-up still waits for AMI or the database: stop, exit 0."""
+
+
 class Daemon:
     def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
@@ -114,6 +127,9 @@ class Daemon:
         self.guard = AbuseGuard(abuse_limits(cfg))
         self.pool = OperatorPool(cfg.dialer.queues, int(cfg.dialer.wrapup.total_seconds()))
         self.asterisk_version: str | None = None
+        self.status_line: str | None = None
+        self._told = float("-inf")  # when start-up last told systemd what it waits for
+        self.open_requests: int | None = None
         self.store: Store
         self.intake: IntakeService
         self.ami: AmiClient
@@ -142,7 +158,7 @@ class Daemon:
         """
         engine = db.make_engine(self.cfg.database.url)
         stack.push_async_callback(engine.dispose)
-        await db.upgrade(engine)
+        await self._wait_for_database(engine)
         log.info("db.migrated", revision=await db.current_revision(engine))
         self.store = Store(
             engine,
@@ -186,6 +202,7 @@ class Daemon:
             on_login=self.on_login,
             ping_interval=a.ping_interval.total_seconds(),
             ping_timeout=a.ping_timeout.total_seconds(),
+            backoff=self.backoff(),
         )
         stack.push_async_callback(self.ami.close)
         self.dialer = Dialer(
@@ -201,7 +218,16 @@ class Daemon:
         stack.push_async_callback(self.dialer.close)
 
     async def run(self) -> int:
+        try:
+            return await self._run()
+        except StopWaiting:
+            log.info("daemon.stopped", drained=True, in_flight=0, hint="stopped while waiting at start")
+            return 0
+
+    async def _run(self) -> int:
         self.lifecycle.install_hup(self._on_hup)
+        # From the start: a stop while AMI or the database is awaited ends the wait, cleanly.
+        self.lifecycle.install_stop()
         async with AsyncExitStack() as stack:
             stack.callback(self._stopped)
             stack.callback(self.lifecycle.uninstall)
@@ -209,7 +235,7 @@ class Daemon:
             # The other inputs (FastAGI, HTTP, MQTT), closed right after AMI once the drain is over.
             sources = AsyncExitStack()
             stack.push_async_callback(sources.aclose)
-            await self.ami.start(self.cfg.ami.connect_timeout.total_seconds())
+            await self._wait_for_ami()
             await self._check_asterisk()
             if self.cfg.agi.enabled:
                 from callbackd.adapters.agi import CallbackAgi
@@ -223,6 +249,7 @@ class Daemon:
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
                 asyncio.create_task(watchdog(), name="watchdog"),
                 asyncio.create_task(self._status_loop(), name="status"),
+                asyncio.create_task(self._status_line_loop(), name="status-line"),
             ]
             stack.push_async_callback(_cancel, tasks)
             from callbackd.adapters.scheduled import ReportScheduler
@@ -231,9 +258,9 @@ class Daemon:
             reports.start()
             stack.callback(reports.shutdown)
             await self._start_lead_intake(sources)
-            self.lifecycle.install_stop()
             self.state = "running"
-            notify("READY=1\nSTATUS=attached to AMI")
+            self.status_line = self._running_line()
+            notify(f"READY=1\nSTATUS={self.status_line}")
             log.info(
                 "daemon.ready",
                 node=self.cfg.node,
@@ -254,6 +281,111 @@ class Daemon:
                 return 1
             log.info("daemon.stopped", drained=bool(drained), in_flight=len(self.dialer.runs))
         return 0
+
+    # -- start-up that waits ----------------------------------------------------------
+
+    def backoff(self) -> Backoff:
+        """From 1 s, doubling, at most ami.reconnect_max, with some jitter (used for AMI and the database)."""
+        cap = max(self.cfg.ami.reconnect_max.total_seconds(), 1.0)
+        return Backoff(initial=1.0, factor=2.0, cap=cap, jitter=0.2)
+
+    def _waiting(self, line: str) -> None:
+        """Tell systemd what start-up waits for, and that it is still alive: push the start timeout on."""
+        self._told = time.monotonic()
+        if line != self.status_line:
+            self.status_line = line
+        notify(f"STATUS={line}\nEXTEND_TIMEOUT_USEC={int(EXTEND_START * 1e6)}")
+
+    async def _wait_for_database(self, engine: Any) -> None:
+        """Migrate; while the database does not answer (or is locked), retry with back-off, forever."""
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        backoff = self.backoff()
+        failures = 0
+        while True:
+            try:
+                await db.upgrade(engine)
+                return
+            except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+                failures += 1
+                error = (str(getattr(exc, "orig", None) or exc).splitlines() or ["error"])[0][:200]
+                delay = backoff.delay(failures, random.random())
+                log.warning("db.waiting", attempt=failures, next_in_s=round(delay, 1), error=error)
+                self._waiting(statusline.waiting_for_database(failures, delay, error))
+                await engine.dispose()  # a fresh connection next time
+                # Sleep in short steps so systemd's start timeout keeps moving.
+                end = time.monotonic() + delay
+                while (left := end - time.monotonic()) > 0:
+                    await asyncio.sleep(min(left, WAIT_REPORT, 0.5))
+                    if self.lifecycle.should_exit.is_set():
+                        raise StopWaiting from None
+                    if time.monotonic() < end and time.monotonic() - self._told >= WAIT_REPORT:
+                        self._waiting(self.status_line or "waiting for the database")
+
+    async def _wait_for_ami(self) -> None:
+        """Connect and wait for the login, however long it takes; panoramisk retries after the back-off."""
+        self.ami.connect()
+        reported, told = 0, float("-inf")
+        while not await self.ami.wait_login(0.5):
+            if self.lifecycle.should_exit.is_set():
+                raise StopWaiting
+            changed = self.ami.failures != reported
+            if changed:
+                reported = self.ami.failures
+                log.warning(
+                    "ami.waiting",
+                    address=self.ami.address,
+                    attempt=self.ami.failures,
+                    next_in_s=round(self.ami.next_try_in or 0, 1),
+                    error=self.ami.last_error,
+                )
+            if changed or time.monotonic() - told >= WAIT_REPORT:
+                told = time.monotonic()
+                self._waiting(
+                    statusline.waiting_for_ami(
+                        self.ami.address, max(self.ami.failures, 1), self.ami.next_try_in, self.ami.last_error
+                    )
+                )
+
+    # -- STATUS= while running -------------------------------------------------------
+
+    def _status_facts(self) -> statusline.Facts:
+        backlog = self.intake.backlog()
+        return statusline.Facts(
+            ami_address=f"{self.cfg.ami.host}:{self.cfg.ami.port}",
+            ami_up=self.ami.connected,
+            ami_down_since=self.ami.down_since,
+            database_up=backlog.link.up,
+            database_down_since=backlog.link.since if backlog.link.up is False else None,
+            open_requests=self.open_requests,
+            dialling=len(self.dialer.runs),
+            queued=backlog.queued,
+            spooled=backlog.spooled,
+            draining=self.state == "draining",
+        )
+
+    def _running_line(self) -> str:
+        from callbackd.adapters.reports import ReportSettings
+
+        return statusline.running(self._status_facts(), ReportSettings.from_config(self.cfg).tz)
+
+    async def _status_line_loop(self) -> None:
+        """STATUS= again whenever AMI, the database or the backlog changes (looked at every second)."""
+        counted = float("-inf")
+        while True:
+            try:
+                if time.monotonic() - counted >= COUNT_INTERVAL:
+                    counted = time.monotonic()
+                    with contextlib.suppress(Exception):  # the database down shows in the line itself
+                        counts = await self.store.counts_by_status()
+                        self.open_requests = counts.get(RequestStatus.OPEN.value, 0)
+                line = self._running_line()
+                if line != self.status_line:
+                    self.status_line = line
+                    notify(f"STATUS={line}")
+            except Exception:
+                log.exception("status_line.failed")
+            await asyncio.sleep(STATUS_CHECK)
 
     def _draining(self) -> None:
         log.info(

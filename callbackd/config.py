@@ -13,6 +13,7 @@ import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -486,12 +487,8 @@ class HttpConfig(_Section):
             raise ValueError(f"use at least {_MIN_TOKEN} characters, e.g. from: openssl rand -hex 24")
         return v
 
-    @model_validator(mode="after")
-    def _has_token(self) -> HttpConfig:
-        has_token = self.token is not None or self.token_file is not None or os.environ.get(HTTP_TOKEN_ENV)
-        if self.enabled and not has_token:
-            raise ValueError(f"enabled without a token: set http.token, http.token_file or {HTTP_TOKEN_ENV}")
-        return self
+    # No token is required to load the file: `run` and `check-config` call Config.http_token(), which
+    # also reads the service's environment and credential, so admin commands run without it.
 
 
 def _topic(v: str, *, wildcards: bool) -> str:
@@ -911,6 +908,9 @@ class Config(_Section):
     def http_token(self) -> str:
         """Environment first, then token_file, then the config file; too short is refused."""
         token = os.environ.get(HTTP_TOKEN_ENV, "").strip()
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not token and cred_dir and (Path(cred_dir) / "http_token").is_file():
+            token = (Path(cred_dir) / "http_token").read_text().strip()
         if not token and self.http.token_file:
             token = self.http.token_file.read_text().strip()
         if not token and self.http.token is not None:
@@ -918,9 +918,20 @@ class Config(_Section):
         if len(token) < _MIN_TOKEN:
             raise ConfigError(
                 f"http.token: {'no token' if not token else 'token too short'} (set http.token, "
-                f"http.token_file or {HTTP_TOKEN_ENV}, at least {_MIN_TOKEN} characters)"
+                f"http.token_file, {HTTP_TOKEN_ENV} or the http_token credential, at least {_MIN_TOKEN} "
+                "characters)"
             )
         return token
+
+    def warnings(self) -> list[str]:
+        """What check-config points out without refusing."""
+        out = []
+        if url_password(self.database.url):
+            out.append(
+                "database.url holds a password: keep the file unreadable by others (it is checked), "
+                "or give it in PGPASSWORD / a .pgpass file instead"
+            )
+        return out
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -940,18 +951,68 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _table(data: Any, name: str) -> dict[str, Any]:
+    """``data[name]`` when it is a table; {} for anything else (validation names that mistake)."""
+    value = data.get(name) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _tables(data: Any, name: str) -> list[dict[str, Any]]:
+    value = data.get(name) if isinstance(data, dict) else None
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def url_password(url: object) -> str | None:
+    """The password inside a database URL (``postgresql+asyncpg://user:PASSWORD@host/db``), if any."""
+    if not isinstance(url, str):
+        return None
+    try:
+        return urlsplit(url).password or None
+    except ValueError:
+        return None
+
+
 def _holds_secret(data: dict[str, Any]) -> bool:
     return (
-        bool(data.get("ami", {}).get("secret"))
-        or bool(data.get("http", {}).get("token"))
-        or bool(data.get("mqtt", {}).get("password"))
-        or any(t.get("token") for t in data.get("api", {}).get("tokens", []) if isinstance(t, dict))
+        bool(_table(data, "ami").get("secret"))
+        or bool(_table(data, "http").get("token"))
+        or bool(_table(data, "mqtt").get("password"))
+        # A password in the URL is as secret as any other.
+        or url_password(_table(data, "database").get("url")) is not None
+        or any(t.get("token") for t in _tables(_table(data, "api"), "tokens"))
         or any(
             e.get("secret") or e.get("kind") == "bitrix24"  # a Bitrix24 webhook URL holds its key
-            for e in data.get("webhooks", {}).get("endpoints", [])
-            if isinstance(e, dict)
+            for e in _tables(_table(data, "webhooks"), "endpoints")
         )
     )
+
+
+def secret_files(cfg: Config) -> list[tuple[str, Path]]:
+    """Every file the config names that holds a secret, with its key."""
+    files: list[tuple[str, Path | None]] = [
+        ("ami.secret_file", cfg.ami.secret_file),
+        ("http.token_file", cfg.http.token_file),
+        ("console.session_key_file", cfg.console.session_key_file),
+    ]
+    files += [(f"api.tokens.{t.name}.token_file", t.token_file) for t in cfg.api.tokens]
+    files += [
+        (f"webhooks.endpoints.{i}.secret_file", e.secret_file) for i, e in enumerate(cfg.webhooks.endpoints)
+    ]
+    return [(key, path) for key, path in files if path is not None]
+
+
+def _check_secret_files(p: Path, cfg: Config) -> None:
+    """A secret file readable by others is refused, as an inline secret in a readable config is."""
+    for key, path in secret_files(cfg):
+        try:
+            mode = path.stat().st_mode
+        except OSError:  # missing: reading it says so, with the key
+            continue
+        if mode & (stat.S_IROTH | stat.S_IWOTH):
+            raise ConfigError(
+                f"{p}: {key} {path} holds a secret but is readable by others "
+                f"(mode {stat.S_IMODE(mode):o}); run: chmod o-rwx {path}"
+            )
 
 
 def load(path: str | os.PathLike[str] | None = None, *, check_permissions: bool = True) -> Config:
@@ -966,13 +1027,16 @@ def load(path: str | os.PathLike[str] | None = None, *, check_permissions: bool 
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     if check_permissions and _holds_secret(data):
-        mode = p.stat().st_mode
+        mode = os.stat(p).st_mode
         if mode & (stat.S_IROTH | stat.S_IWOTH):
             raise ConfigError(
                 f"{p}: holds a secret but is readable by others (mode {stat.S_IMODE(mode):o}); "
                 f"run: chmod o-rwx {p}"
             )
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(p, exc)) from None
+    if check_permissions:
+        _check_secret_files(p, cfg)
+    return cfg

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -38,16 +39,54 @@ class LastProblem:
 
 last_problem = LastProblem()
 
+# syslog priorities (sd-daemon(3) "<N>" prefixes): journald strips them and files the line under N,
+# so `journalctl -u callbackd -p warning` shows warnings and worse.
+PRIORITIES = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7}
 
-def setup(level: str = "info", fmt: str = "auto") -> None:
+
+def priority(level: object) -> int:
+    """The syslog priority of a structlog or stdlib level name (info when unknown)."""
+    return PRIORITIES.get(str(level).lower(), 6)
+
+
+def to_journal(stream: TextIO) -> bool:
+    """True when *stream* is the journal stream systemd connected (``$JOURNAL_STREAM`` is
+    ``DEVICE:INODE`` of it; compared as systemd.exec(5) says, so a child's redirected output is not)."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    if ":" not in want:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
+class PriorityPrefix:
+    """Wraps the renderer: ``<N>`` before each rendered line (the JSON object follows unchanged)."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> str:
+        level = event_dict.get("level", method)
+        text = self.renderer(logger, method, event_dict)
+        return f"<{priority(level)}>{text}"
+
+
+def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Log to *stream* (standard output): console on a TTY, else JSON; "<N>" priorities into the journal."""
+    stream = stream or sys.stdout
     lvl = getattr(logging, level.upper(), logging.INFO)
     if fmt == "auto":
-        fmt = "console" if sys.stdout.isatty() else "json"
+        fmt = "console" if stream.isatty() else "json"
     renderer: structlog.types.Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
+    if to_journal(stream):
+        renderer = PriorityPrefix(renderer)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -56,11 +95,11 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[*shared, last_problem, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (panoramisk, uvicorn, alembic) go through the same renderer.
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

@@ -48,3 +48,59 @@ class RecordingAmi:
     def originate(self, fields: dict[str, Any]) -> asyncio.Future[Any]:
         self.originates.append(dict(fields))
         return asyncio.get_running_loop().create_future()
+
+
+class NotifySocket:
+    """The service manager's side of sd_notify: an AF_UNIX datagram socket, every message timed."""
+
+    def __init__(self) -> None:
+        import os
+        import socket
+        import tempfile
+        import threading
+
+        self.dir = tempfile.mkdtemp(prefix="cbd-notify-")  # short: sun_path holds 108 bytes
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        import time
+
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            for line in data.decode().splitlines():
+                self.messages.append((time.time(), line))
+
+    def lines(self, prefix: str = "") -> list[str]:
+        return [m for _, m in list(self.messages) if m.startswith(prefix)]
+
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        """The first message starting with *prefix*; AssertionError with all messages when none comes."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.lines(prefix)
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no {prefix}... on the notify socket within {timeout} s; got {self.lines()}")
+
+    def close(self) -> None:
+        import shutil
+
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -18,14 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from panoramisk import Manager
 from panoramisk.ami_protocol import AMIProtocol
+
+from callbackd.domain.backoff import Backoff
 
 log = structlog.get_logger("callbackd.ami")
 
@@ -77,6 +81,23 @@ class SafeAmiProtocol(AMIProtocol):
             log.warning("ami.bad_data", error=repr(exc)[:200])
 
 
+class BackoffManager(Manager):
+    """panoramisk's Manager, retrying a failed connect after the client's back-off, not a fixed delay."""
+
+    client: AmiClient
+
+    def connection_made(self, f: asyncio.Future[Any]) -> None:
+        if not f.cancelled() and isinstance(f.exception(), OSError):
+            self.reconnect_timeout = self.client._connect_failed(f.exception())  # type: ignore[arg-type]
+        super().connection_made(f)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.client.connected:  # lost before a login: one more failed try
+            lost = exc or ConnectionError("hung up before login")
+            self.reconnect_timeout = self.client._connect_failed(lost)
+        super().connection_lost(exc)
+
+
 class AmiClient:
     def __init__(
         self,
@@ -90,6 +111,7 @@ class AmiClient:
         ping_interval: float = 10.0,
         ping_timeout: float = 5.0,
         reconnect_delay: float = 2.0,
+        backoff: Backoff | None = None,
     ) -> None:
         self._on_event = on_event
         self._on_login_cb = on_login
@@ -100,10 +122,15 @@ class AmiClient:
         self.reconnects = 0
         self.last_error: str | None = None
         self.disconnected_at: float | None = None
+        self.down_since: datetime | None = None  # wall time of the last loss, for the status line
         self._logged_in = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
-        self.manager = Manager(
+        # Failed connects in a row: each waits longer (up to ami.reconnect_max) before the next.
+        self.backoff = backoff or Backoff(initial=reconnect_delay, cap=max(reconnect_delay, 30.0))
+        self.failures = 0
+        self.next_try_in: float | None = None
+        self.manager = BackoffManager(
             host=host,
             port=port,
             username=username,
@@ -118,28 +145,43 @@ class AmiClient:
             on_login=self._login_done,
             on_disconnect=self._disconnected,
         )
+        self.manager.client = self
         self.manager.register_event("*", self._dispatch)
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self, timeout: float = 10.0) -> None:
-        """Connect and wait for a successful login (panoramisk keeps retrying)."""
-        self.manager.connect().add_done_callback(self._first_connect_done)
+    @property
+    def address(self) -> str:
+        return f"{self.manager.config['host']}:{self.manager.config['port']}"
+
+    def connect(self) -> None:
+        """Start connecting; panoramisk keeps trying (after the back-off) until close()."""
+        self.manager.connect()
         self._spawn(self._watchdog())
+
+    async def wait_login(self, timeout: float | None = None) -> bool:
+        """True once logged in; False when *timeout* seconds pass first."""
         try:
             await asyncio.wait_for(self._logged_in.wait(), timeout)
         except TimeoutError:
-            where = f"{self.manager.config['host']}:{self.manager.config['port']}"
-            raise AmiNotConnected(
-                f"no AMI login to {where} within {timeout:.0f}s ({self.last_error or 'no answer'})"
-            ) from None
+            return False
+        return True
 
-    def _first_connect_done(self, task: asyncio.Future[Any]) -> None:
-        """panoramisk only logs a failed connect; keep its reason for the start-up error."""
-        if not task.cancelled() and isinstance(task.exception(), OSError):
-            exc = task.exception()
-            assert isinstance(exc, OSError)
-            self.last_error = f"cannot connect: {os.strerror(exc.errno) if exc.errno else exc}"
+    async def start(self, timeout: float = 10.0) -> None:
+        """Connect and wait for a successful login; AmiNotConnected after *timeout* seconds."""
+        self.connect()
+        if not await self.wait_login(timeout):
+            raise AmiNotConnected(
+                f"no AMI login to {self.address} within {timeout:.0f}s ({self.last_error or 'no answer'})"
+            )
+
+    def _connect_failed(self, exc: BaseException) -> float:
+        """A connect or login failed: remember why, and return the seconds until the next try."""
+        self.failures += 1
+        errno = getattr(exc, "errno", None)
+        self.last_error = f"cannot connect: {os.strerror(errno) if errno else exc or type(exc).__name__}"
+        self.next_try_in = self.backoff.delay(self.failures, random.random())
+        return self.next_try_in
 
     async def close(self) -> None:
         self._closing = True
@@ -160,6 +202,9 @@ class AmiClient:
 
     def _login_done(self, manager: Manager) -> None:
         self.connected = True
+        self.failures, self.next_try_in = 0, None
+        # A connection lost later is retried after the first step of the back-off again.
+        self.manager.reconnect_timeout = self.backoff.delay(1)
         self.logins += 1
         if self.logins > 1:
             self.reconnects += 1
@@ -172,6 +217,7 @@ class AmiClient:
     def _disconnected(self, manager: Manager, exc: object) -> None:
         if self.connected:
             self.disconnected_at = time.monotonic()
+            self.down_since = datetime.now(UTC)
         self.connected = False
         self._logged_in.clear()
         self.last_error = f"disconnected: {exc}" if exc else "disconnected"

@@ -10,13 +10,27 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
+class DatabaseProblem(Exception):
+    """The database is missing, not migrated to this version, or cannot be used; the text says which."""
+
+
+def make_engine(
+    url: str, *, read_only: bool = False, create: bool = True, lock_timeout: float = 30.0
+) -> AsyncEngine:
     """An engine for ``url``. ``read_only`` (reports, exports, the console's figures): on SQLite
     its transactions are deferred snapshots that never take the write lock, so a long report
-    does not hold up the daemon's writes for its whole length."""
+    does not hold up the daemon's writes for its whole length.
+
+    ``create=False`` (admin commands other than ``db upgrade``): a missing SQLite file is a
+    :class:`DatabaseProblem`, never created, nor its directory. ``lock_timeout``: how long a
+    statement waits for another process's lock on SQLite before "database is locked"."""
     if url.startswith("sqlite"):
-        _ensure_parent(url)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        if create:
+            _ensure_parent(url)
+        else:
+            _require_file(url)
+        engine = create_async_engine(url, connect_args={"timeout": lock_timeout})
+        busy_ms = max(int(lock_timeout * 1000), 0)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
@@ -27,7 +41,7 @@ def make_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         @event.listens_for(engine.sync_engine, "begin")
@@ -41,10 +55,34 @@ def make_engine(url: str, *, read_only: bool = False) -> AsyncEngine:
     return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL names (None for an in-memory database)."""
+    path = url.split(":///", 1)[-1].split("?", 1)[0] if ":///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def _ensure_parent(url: str) -> None:
-    path = url.split(":///", 1)[-1]
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _require_file(url: str) -> None:
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise DatabaseProblem(f"no database at {path} (create it with: callbackd db upgrade)")
+
+
+async def check_migrated(engine: AsyncEngine) -> None:
+    """DatabaseProblem unless the database is at this version's head revision."""
+    have, want = await current_revision(engine), head_revision()
+    if have is None:
+        raise DatabaseProblem("the database is not migrated (run: callbackd db upgrade)")
+    if have != want:
+        raise DatabaseProblem(
+            f"the database is at revision {have}, this callbackd needs {want} (run: callbackd db upgrade, "
+            "or use the callbackd version that migrated it)"
+        )
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:

@@ -15,13 +15,17 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path, *, mode: int = 0o640, binary: bool = False) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: Path, *, mode: int = 0o640, binary: bool = False, create_parent: bool = True
+) -> Iterator[IO[Any]]:
     """Write to a temporary file beside *path*, fsync it, then rename it over *path*.
 
-    Text is UTF-8 with newlines written as given (CSV brings its own CRLF).
+    Text is UTF-8 with newlines written as given (CSV brings its own CRLF). ``create_parent=False``
+    (the CLI's --output): a missing directory is an error, not created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)

@@ -20,7 +20,7 @@ from callbackd.adapters.files import atomic_write
 
 # Exit codes of `callbackd status`, as for LSB init scripts' status action.
 RUNNING = 0
-DATABASE_ERROR = 1
+DATABASE_ERROR = 4  # LSB "status unknown"; the CLI's database exit code too
 NOT_RUNNING = 3
 
 
@@ -169,8 +169,11 @@ def report(
     next_due: datetime | None,
     db_error: str | None,
     now: datetime,
+    tz: Any = None,
 ) -> dict[str, Any]:
-    """The JSON `callbackd status --json` prints: the daemon's file plus the database's figures."""
+    """The JSON `callbackd status --json` prints: the daemon's file plus the database's figures.
+
+    The database's times are in *tz* (the report zone); the daemon's file is shown as written."""
     open_counts = {k: v for k, v in (counts or {}).items() if k in ("open", "dialling")}
     return {
         "running": verdict.running,
@@ -181,14 +184,26 @@ def report(
             "error": db_error,
             "open_requests": sum(open_counts.values()) if counts is not None else None,
             "by_status": counts,
-            "next_due": next_due.isoformat() if next_due else None,
+            "next_due": _in(next_due, tz).isoformat() if next_due else None,
         },
-        "checked_at": now.isoformat(),
+        "checked_at": _in(now, tz).isoformat(),
     }
 
 
-def render(rep: dict[str, Any], now: datetime) -> str:
-    """The human summary of :func:`report`."""
+def _in(value: datetime, tz: Any) -> datetime:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(tz) if tz is not None else value
+
+
+def _shown(text: Any, tz: Any) -> str:
+    """An ISO time from the status file, in the display zone (as it is when it is not a time)."""
+    when = _when(text) if text else None
+    return _in(when, tz).isoformat(timespec="seconds") if when else str(text)
+
+
+def render(rep: dict[str, Any], now: datetime, tz: Any = None) -> str:
+    """The human summary of :func:`report`; times in *tz* (the report zone)."""
     d = rep["daemon"] or {}
     lines: list[str] = []
     if rep["running"]:
@@ -214,7 +229,7 @@ def render(rep: dict[str, Any], now: datetime) -> str:
             intake = d.get("intake") or {}
             link = intake.get("database", "unknown")
             since = (
-                f" since {intake['database_since']}"
+                f" since {_shown(intake['database_since'], tz)}"
                 if link == "down" and intake.get("database_since")
                 else ""
             )
@@ -239,7 +254,8 @@ def render(rep: dict[str, Any], now: datetime) -> str:
         problem = d.get("last_error")
         if problem:
             detail = f": {problem['detail']}" if problem.get("detail") else ""
-            lines.append(f"  last error       {problem.get('at', '?')} {problem.get('event')}{detail}")
+            at = _shown(problem.get("at"), tz) if problem.get("at") else "?"
+            lines.append(f"  last error       {at} {problem.get('event')}{detail}")
         else:
             lines.append("  last error       none")
     db = rep["database"]
@@ -253,19 +269,29 @@ def render(rep: dict[str, Any], now: datetime) -> str:
         if due is None:
             lines.append("  next due         none")
         elif due <= now:
-            lines.append(f"  next due         {due.isoformat()} (due now, {_span(now - due)} overdue)")
+            lines.append(
+                f"  next due         {_in(due, tz).isoformat()} (due now, {_span(now - due)} overdue)"
+            )
         else:
-            lines.append(f"  next due         {due.isoformat()} (in {_span(due - now)})")
+            lines.append(f"  next due         {_in(due, tz).isoformat()} (in {_span(due - now)})")
     return "\n".join(lines)
 
 
-async def gather(cfg: Any) -> tuple[dict[str, int] | None, datetime | None, str | None]:
-    """Requests by status and the next due time; the error text instead when the database fails."""
+async def gather(
+    cfg: Any, *, lock_timeout: float = 30.0
+) -> tuple[dict[str, int] | None, datetime | None, str | None]:
+    """Requests by status and the next due time; the error text instead when the database fails.
+
+    Never creates the database: a missing or unmigrated one is that error."""
     from callbackd.adapters import db
     from callbackd.adapters.store import Store
 
-    engine = db.make_engine(cfg.database.url)
     try:
+        engine = db.make_engine(cfg.database.url, read_only=True, create=False, lock_timeout=lock_timeout)
+    except db.DatabaseProblem as exc:
+        return None, None, str(exc)
+    try:
+        await db.check_migrated(engine)
         store = Store(engine, node=cfg.node, schedule=cfg.schedule_rules(), claim_lease=timedelta(hours=1))
         return await store.counts_by_status(), await store.next_due(), None
     except Exception as exc:

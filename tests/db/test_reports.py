@@ -392,6 +392,7 @@ async def test_formula_cells_are_neutralised(engine, prefix):
 def config_file(tmp_path, db_url):
     path = tmp_path / "callbackd.toml"
     path.write_text(f'[database]\nurl = "{db_url}"\n\n[reports]\ntimezone = "Europe/Moscow"\n')
+    path.chmod(0o600)  # a password in database.url is a secret
     return path
 
 
@@ -431,6 +432,7 @@ async def test_cli_report_in_every_format(engine, config_file, capsys):
 
 
 async def test_cli_export_to_a_file(engine, config_file, tmp_path, capsys):
+    (tmp_path / "out").mkdir()  # the CLI never creates the directory
     target = tmp_path / "out" / "calls.csv"
     argv = ["-c", str(config_file), "export", "calls", "--from", "2026-03-02", "--to", "2026-03-03"]
     assert await run_cli(*argv, "--output", str(target), "--excel-ru") == 0

@@ -283,6 +283,7 @@ def test_api_tokens_from_the_config(tmp_path, monkeypatch):
     monkeypatch.setenv(HTTP_TOKEN_ENV, TOKEN)
     secret = tmp_path / "crm_token"
     secret.write_text(ADMIN + "\n")
+    secret.chmod(0o600)  # a secret file readable by others is refused
     path = tmp_path / "c.toml"
     path.write_text(
         f'[[api.tokens]]\nname = "crm"\ntoken_file = "{secret}"\nscopes = ["admin"]\n\n'

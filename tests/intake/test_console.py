@@ -263,7 +263,7 @@ def test_hash_password_command(monkeypatch, capsys):
     hashed = capsys.readouterr().out.strip()
     assert hashed.startswith("$argon2id$") and PasswordHasher().verify(hashed, PASSWORD)
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
-    assert cli.main(["console", "hash-password"]) == 1
+    assert cli.main(["console", "hash-password"]) == cli.EXIT_USAGE  # a bad value: one line, exit 2
 
 
 _ = (ADMIN, INTAKE, READ, auth, decide, json)

@@ -36,10 +36,19 @@ def test_defaults_are_off():
     assert cfg.mqtt.reconnect_max.total_seconds() == 60
 
 
-def test_http_enabled_without_a_token_is_refused(tmp_path, monkeypatch):
+def test_http_enabled_without_a_token_is_refused_when_the_token_is_needed(tmp_path, monkeypatch):
+    """Loading succeeds (admin commands need no token); run and check-config ask for it."""
     monkeypatch.delenv(HTTP_TOKEN_ENV, raising=False)
-    with pytest.raises(ConfigError, match=r"http: enabled without a token"):
-        config_mod.load(write(tmp_path, "[http]\nenabled = true\n"))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    cfg = config_mod.load(write(tmp_path, "[http]\nenabled = true\n"))
+    with pytest.raises(ConfigError, match=r"http.token: no token"):
+        cfg.http_token()
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "http_token").write_text("from-a-credential-0123456789\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert cfg.http_token() == "from-a-credential-0123456789"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     monkeypatch.setenv(HTTP_TOKEN_ENV, TOKEN)
     assert config_mod.load(write(tmp_path, "[http]\nenabled = true\n")).http_token() == TOKEN
 

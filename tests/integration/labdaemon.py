@@ -65,13 +65,22 @@ def active_profile() -> Profile:
     return ACTIVE["profile"]
 
 
+def private_secret(directory: Path) -> Path:
+    """A 0600 copy of asterisk/lab-ami-secret: the checkout's copy is readable by everyone (git keeps
+    no finer mode), and callbackd refuses a secret file readable by others."""
+    path = directory / "lab-ami-secret"
+    path.write_text((ROOT / "asterisk" / "lab-ami-secret").read_text())
+    path.chmod(0o600)
+    return path
+
+
 def lab_config(
     tmp_path: Path, db_url: str | None = None, extra: str = "", replace: dict[str, str] | None = None
 ) -> Path:
     """The lab's daemon config with its own database and JSON logs."""
     text = LAB_CONFIG.read_text()
     text = text.replace(
-        'secret_file = "asterisk/lab-ami-secret"', f'secret_file = "{ROOT}/asterisk/lab-ami-secret"'
+        'secret_file = "asterisk/lab-ami-secret"', f'secret_file = "{private_secret(tmp_path)}"'
     )
     text = text.replace(
         'url = "sqlite+aiosqlite:////tmp/callbackd-lab/callbackd.db"',

@@ -120,7 +120,8 @@ async def test_notify_ready_after_login_and_migration_then_watchdog_reload_and_s
         migrated = await wait(daemon, "db.migrated", 5)
         # READY comes only once AMI is logged in and the database is migrated.
         assert ts(login) <= ready_at and ts(migrated) <= ready_at
-        assert "STATUS=attached to AMI" in notify.lines()
+        status = [m for m in notify.lines() if m.startswith("STATUS=")]
+        assert any(m.startswith("STATUS=AMI up at 127.0.0.1:5038, database up; ") for m in status), status
         assert migrated["revision"]
 
         # WATCHDOG=1 every WATCHDOG_USEC / 2 = 1 s, from the running loop.

@@ -92,7 +92,7 @@ def test_a_world_readable_file_without_secrets_is_fine_with_the_secret_from_the_
     port, _ = listener
     path = write(tmp_path, port, None, 0o644)
     res = callbackd("--config", str(path), "check-config")
-    assert res.returncode == 1 and "no AMI secret" in res.stderr
+    assert res.returncode == 3 and "no AMI secret" in res.stderr  # a config error
     res = callbackd("--config", str(path), "check-config", env={"CALLBACKD_AMI_SECRET": "from-env"})
     assert res.returncode == 0, res.stderr
     creds = tmp_path / "creds"
@@ -106,11 +106,11 @@ def test_check_config_names_each_bad_key_and_exits_non_zero(tmp_path):
     path = tmp_path / "callbackd.toml"
     path.write_text('[dialer]\nmax_concurrent = 0\nbogus = 1\n[service]\nstatus_interval = "0.1s"\n')
     res = callbackd("--config", str(path), "check-config")
-    assert res.returncode == 2
+    assert res.returncode == 3  # a config error (2 is a bad command line)
     lines = res.stderr.splitlines()
     assert lines[0] == f"{path}: 3 problem(s)"
     assert "  dialer.max_concurrent: Input should be greater than or equal to 1" in lines
     assert "  dialer.bogus: unknown key" in lines
     assert any(line.startswith("  service.status_interval: ") for line in lines)
     res = callbackd("--config", str(tmp_path / "missing.toml"), "check-config")
-    assert res.returncode == 2 and "cannot read" in res.stderr
+    assert res.returncode == 3 and "cannot read" in res.stderr

@@ -35,6 +35,7 @@ def free_port() -> int:
 def write(path: Path, *, blacklist: str, delays: str, max_concurrent: int, port: int = 5038, extra: str = ""):
     secret = path.parent / "ami-secret"  # never used: AMI is not connected here
     secret.write_text("unused\n")
+    secret.chmod(0o600)
     path.write_text(
         f'node = "t"\n[ami]\nport = {port}\nsecret_file = "{secret}"\n'
         f'[database]\nurl = "sqlite+aiosqlite:///{path.parent}/cb.db"\n'

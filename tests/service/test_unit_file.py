@@ -25,7 +25,11 @@ def test_unit_has_the_promised_settings():
     for line in (
         "Type=notify",
         "WatchdogSec=",
-        "Restart=on-failure",
+        "Restart=always",
+        # Never give up during a slow boot: the daemon waits for AMI and the database itself,
+        # pushing the start timeout on with EXTEND_TIMEOUT_USEC.
+        "StartLimitIntervalSec=0",
+        "TimeoutStartSec=60s",
         "User=callbackd",
         "StateDirectory=callbackd",
         "ConfigurationDirectory=callbackd",
