@@ -115,11 +115,14 @@ def fresh_copy(dest: Path, suite: str = SUITE) -> Path:
     return dest
 
 
+_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+        "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+
+
 def run(root: Path, script: str, *, env: dict[str, str] | None = None, check: bool = True,
         timeout: float | None = None, capture: bool = True) -> subprocess.CompletedProcess[str]:
     """sh -c script inside the chroot, with /proc, /sys and /dev mounted in a private namespace."""
-    inner = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-             "HOME": "/root", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive", **(env or {})}
+    inner = {**_ENV, **(env or {})}
     r = shlex.quote(str(root))
     setup = (f"mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && "
              f"mount --rbind /dev {r}/dev && exec chroot {r} /usr/bin/env -i "
@@ -133,10 +136,13 @@ def run(root: Path, script: str, *, env: dict[str, str] | None = None, check: bo
     return res
 
 
-def popen(root: Path, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
-    """A long-running command in the chroot (same mounts as run); end it with terminate()."""
+def popen(root: Path, argv: Sequence[str], **kw: object) -> subprocess.Popen[str]:
+    """A long-running command in the chroot (same mounts and environment as run). terminate()
+    ends unshare, whose child then gets SIGTERM (--kill-child) and passes it on by exec."""
     r = shlex.quote(str(root))
     setup = (f"mount -t proc proc {r}/proc && mount -t sysfs sysfs {r}/sys && "
-             f"mount --rbind /dev {r}/dev && exec chroot {r} " + " ".join(map(shlex.quote, argv)))
-    return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child",
+             f"mount --rbind /dev {r}/dev && exec chroot {r} /usr/bin/env -i "
+             + " ".join(shlex.quote(f"{k}={v}") for k, v in _ENV.items()) + " "
+             + " ".join(map(shlex.quote, argv)))
+    return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child=SIGTERM",
                              "sh", "-c", setup], **kw)  # type: ignore[call-overload]
