@@ -67,7 +67,8 @@ def remove_tree(path: Path) -> None:
 
 
 def ensure_host_tools() -> None:
-    missing = [pkg for tool, pkg in (("debootstrap", "debootstrap"), ("unshare", "util-linux")) if not shutil.which(tool)]
+    tools = (("debootstrap", "debootstrap"), ("unshare", "util-linux"))
+    missing = [pkg for tool, pkg in tools if not shutil.which(tool)]
     if missing:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
@@ -144,5 +145,5 @@ def popen(root: Path, argv: Sequence[str], **kw: object) -> subprocess.Popen[str
              f"mount --rbind /dev {r}/dev && exec chroot {r} /usr/bin/env -i "
              + " ".join(shlex.quote(f"{k}={v}") for k, v in _ENV.items()) + " "
              + " ".join(map(shlex.quote, argv)))
-    return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child=SIGTERM",
-                             "sh", "-c", setup], **kw)  # type: ignore[call-overload]
+    cmd = ["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child=SIGTERM"]
+    return subprocess.Popen([*cmd, "sh", "-c", setup], **kw)  # type: ignore[call-overload]

@@ -56,7 +56,8 @@ def test_a_pin_outside_the_range_is_named() -> None:
 
 
 def test_names_are_compared_canonically() -> None:
-    pyproject = '[project]\nname = "x"\ndependencies = ["SQLAlchemy[asyncio]>=2.0,<2.2", "python_multipart<1"]\n'
+    deps = '["SQLAlchemy[asyncio]>=2.0,<2.2", "python_multipart<1"]'
+    pyproject = f'[project]\nname = "x"\ndependencies = {deps}\n'
     assert _check_lock().problems(pyproject, "sqlalchemy==2.1.9\npython-multipart==0.0.34\n") == []
 
 
