@@ -73,7 +73,9 @@ class ChrootDaemon:
         self._cond = threading.Condition()
         self.proc = debchroot.popen(
             root,
-            ["/usr/sbin/runuser", "-u", "callbackd", "--", "/usr/bin/callbackd", "--config", CONF, "run"],
+            # setpriv execs (runuser forks, and SIGKILLs its child 2 s after a SIGTERM)
+            ["setpriv", "--reuid=callbackd", "--regid=callbackd", "--init-groups",
+             "/usr/bin/callbackd", "--config", CONF, "run"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -102,15 +104,18 @@ class ChrootDaemon:
                     raise AssertionError(f"no {event} {match} (exit {self.proc.poll()}); last lines:\n{tail}")
                 self._cond.wait(min(left, 0.5))
 
-    def stop(self) -> dict:
-        """SIGTERM (through unshare's --kill-child=SIGTERM and runuser); the daemon's last line."""
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self) -> tuple[int, dict]:
+        """SIGTERM to the daemon itself (unshare's child: sh, chroot, env and setpriv all exec);
+        its exit code, which unshare passes on, and its last line."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        os.kill(int(children[0]), signal.SIGTERM)
         try:
-            self.proc.wait(timeout=60)
+            code = self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
-        return self.wait_for("daemon.stopped", 10)
+            code = self.proc.wait()
+        return code, self.wait_for("daemon.stopped", 10)
 
 
 def test_install_run_against_the_lab_upgrade_and_purge(debs, chroot, lab, paused) -> None:
@@ -171,8 +176,8 @@ def test_install_run_against_the_lab_upgrade_and_purge(debs, chroot, lab, paused
         assert missed["reason"] == "queue_abandon"
         daemon.wait_for("request.stored", 15, number="+12025550177")
     finally:
-        stopped = daemon.stop()
-    assert stopped["drained"] is True
+        code, stopped = daemon.stop()
+    assert (code, stopped["drained"]) == (0, True)
     listed = json.loads(sh(root, f"{AS_USER}callbackd requests list --json").stdout)
     assert [r["number"] for r in listed] == ["+12025550177"]
 
