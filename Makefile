@@ -1,18 +1,22 @@
 # One command to try it, one to test it. Both work on a fresh Debian machine as root.
 #   make demo   set up, start the Asterisk lab and the daemon, place an abandoned call, show the callback
 #   make test   set up, then run the whole test suite (unit, databases, real-Asterisk lab) and lint
+#   make deb    build the Debian package (callbackd_<version>_<arch>.deb) in a cached bookworm chroot
+#   make lock   regenerate requirements.lock from pyproject.toml (docs/dependencies.md)
 
 PY     ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint lab-up lab-down bench clean
+.PHONY: setup demo test lint lab-up lab-down bench clean deb lock
 
-$(STAMP): pyproject.toml
+# The locked set (requirements.lock: runtime and test dependencies, exact pins with hashes), then
+# the project itself without resolving anything again.
+$(STAMP): pyproject.toml requirements.lock
 	@$(PY) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && $(PY) -m venv $(VENV); }
-	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -q -r requirements.lock
+	$(VPY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,6 +32,12 @@ test: setup
 lint: $(STAMP)
 	$(VPY) -m ruff check .
 
+deb:
+	packaging/build-deb
+
+lock:
+	packaging/lock
+
 lab-up:
 	asterisk/lab up
 
@@ -39,4 +49,4 @@ bench: setup
 
 clean:
 	-asterisk/lab down
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-lock *.egg-info .pytest_cache .ruff_cache build/deb

@@ -1,4 +1,4 @@
-"""HTTP intake for web lead forms, served by uvicorn on the daemon's own event loop.
+"""HTTP intake for web lead forms, served by hypercorn on the daemon's own event loop.
 
 The body is read by hand rather than declared as a FastAPI body parameter so that
 its size is checked before anything parses it, and so that HTTP and MQTT refuse a
@@ -8,14 +8,16 @@ form with the same words (:mod:`callbackd.adapters.payloads`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
+import os
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import hypercorn.asyncio
+import hypercorn.config
 import structlog
-import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,6 +38,10 @@ from callbackd.domain.errors import IntakeUnavailable
 from callbackd.domain.intake import IntakeRules, Source
 
 log = structlog.get_logger("callbackd.http")
+# The server's own messages ("Running on ...") go through the daemon's logging; only its
+# warnings and errors are worth a line.
+_SERVER_LOG = logging.getLogger("hypercorn.error")
+_SERVER_LOG.setLevel(logging.WARNING)
 
 _STATUS: dict[RefusalKind, int] = {
     "too_large": 413,
@@ -167,85 +173,72 @@ def build_app(
     return app
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handling: the daemon keeps SIGTERM and SIGINT for itself.
-
-    uvicorn 0.54 swaps the process's handlers in ``capture_signals`` for the whole of
-    ``serve`` and re-raises caught signals on exit, which would bypass the drain.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class HttpServer:
-    """uvicorn as a task of the running loop, with a stop the daemon's exit stack can await."""
+    """hypercorn as a task of the running loop, with a stop the daemon's exit stack can await.
+
+    ``hypercorn.asyncio.serve`` is given a ``shutdown_trigger``, so it installs no signal
+    handlers: the daemon keeps SIGTERM and SIGINT for its own drain.
+    """
 
     def __init__(self, app: FastAPI, host: str, port: int, *, grace: float = 5.0) -> None:
         self.app = app
         self.host = host
         self.requested_port = port
         self.grace = grace
-        self._sock: socket.socket | None = None
-        self._server: _Server | None = None
+        self._port: int | None = None
+        self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
         """The bound port (useful when 0 asked for a free one)."""
-        if self._sock is None:
+        if self._port is None:
             raise RuntimeError("not started")
-        return int(self._sock.getsockname()[1])
+        return self._port
 
     async def start(self) -> None:
-        # Bound here, not by uvicorn: uvicorn calls sys.exit() when it cannot bind, and a
-        # plain OSError gives the daemon's one-line start-up error instead.
+        # Bound here, not by the server: a plain OSError gives the daemon's one-line start-up
+        # error, and the port is known at once (also when 0 asked for a free one).
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
-            self._sock = socket.create_server((self.host, self.requested_port), family=family)
+            sock = socket.create_server((self.host, self.requested_port), family=family)
         except OSError as exc:
             raise OSError(
                 exc.errno, f"http: cannot listen on {self.host}:{self.requested_port}: {exc.strerror}"
             ) from None
-        try:
-            await self._serve()
-        except BaseException:
-            self._sock.close()
-            raise
+        with sock:
+            self._port = int(sock.getsockname()[1])
+            # The server gets its own descriptor of the listening socket ("fd://" binds take
+            # ownership); this one is closed on leaving the block, the socket keeps listening.
+            await self._serve(os.dup(sock.fileno()))
         log.info("http.listening", host=self.host, port=self.port)
 
-    async def _serve(self) -> None:
-        assert self._sock is not None
-        config = uvicorn.Config(
-            self.app,
-            log_config=None,
-            lifespan="off",
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=int(self.grace),
+    async def _serve(self, fd: int) -> None:
+        config = hypercorn.config.Config()
+        config.bind = [f"fd://{fd}"]
+        config.accesslog = None
+        config.errorlog = _SERVER_LOG
+        config.include_server_header = False
+        config.graceful_timeout = self.grace
+        self._task = asyncio.create_task(
+            hypercorn.asyncio.serve(self.app, config, shutdown_trigger=self._stop.wait, mode="asgi"),
+            name="http",
         )
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="http")
-        async with asyncio.timeout(10):
-            while not self._server.started:
-                if self._task.done():
-                    await self._task
-                    raise RuntimeError("HTTP server stopped during start-up")
-                await asyncio.sleep(0.01)
+        # Connections wait in the listening socket's backlog until the server accepts them;
+        # what is left to see here is a server that fails at once.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if self._task.done():
+            await self._task
+            raise RuntimeError("HTTP server stopped during start-up")
 
     async def stop(self) -> None:
         """Stop accepting, let requests in progress finish for up to ``grace`` seconds."""
-        if self._server is None or self._task is None:
+        if self._task is None:
             return
-        self._server.should_exit = True
-        try:
-            _done, pending = await asyncio.wait({self._task}, timeout=self.grace + 1)
-            if pending:
-                self._server.force_exit = True
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1)
-        finally:
-            if self._sock is not None:
-                self._sock.close()
+        self._stop.set()
+        _done, pending = await asyncio.wait({self._task}, timeout=self.grace + 1)
+        if pending:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=1)
         log.info("http.stopped")

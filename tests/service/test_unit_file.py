@@ -12,7 +12,7 @@ def test_unit_verifies(tmp_path):
     exe = shutil.which("callbackd") or str(Path(sys.executable).parent / "callbackd")
     assert Path(exe).exists(), "pip install . must provide the callbackd command"
     unit = tmp_path / "callbackd.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/callbackd", exe))
+    unit.write_text(UNIT.read_text().replace("/usr/bin/callbackd", exe))
     proc = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
