@@ -198,12 +198,19 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--reuse", action="store_true", help="keep an existing database of the same size")
     p.add_argument("--generate", metavar="DB", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=OUT,
+        help="where the generated database is kept (a cache: /var/cache/callbackd-bench for 10M calls)",
+    )
     args = p.parse_args()
     if args.generate:
         print(json.dumps(generate(Path(args.generate), args.calls)))
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
-    dbfile = OUT / f"reports-{args.calls}.db"
+    args.dir.mkdir(parents=True, exist_ok=True)
+    dbfile = args.dir / f"reports-{args.calls}.db"
     config = OUT / "bench-reports.toml"
     config.write_text(f'[database]\nurl = "sqlite+aiosqlite:///{dbfile}"\n\n[reports]\ntimezone = "UTC"\n')
     cli = [sys.executable, "-m", "callbackd", "-c", str(config)]
@@ -276,6 +283,7 @@ def main() -> int:
         "repeat": args.repeat,
         "results": results,
     }
+    (OUT / f"reports-{args.calls}.json").write_text(json.dumps(report, indent=2) + "\n")
     (OUT / "reports.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {OUT / 'reports.json'}")
     return 0
