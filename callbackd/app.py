@@ -39,7 +39,7 @@ from callbackd.domain.pbx import UnsupportedAsterisk, check_asterisk
 from callbackd.domain.phone import NumberRules, mask
 from callbackd.domain.states import RequestStatus
 from callbackd.intake import IntakeService
-from callbackd.lifecycle import Lifecycle, notify, watchdog
+from callbackd.lifecycle import Lifecycle, notify, trim_heap, watchdog
 from callbackd.resync import on_login
 
 log = structlog.get_logger("callbackd")
@@ -142,8 +142,8 @@ class Daemon:
         """
         engine = db.make_engine(self.cfg.database.url)
         stack.push_async_callback(engine.dispose)
-        await db.upgrade(engine)
-        log.info("db.migrated", revision=await db.current_revision(engine))
+        revision, migrated = await db.ensure_current(engine)
+        log.info("db.migrated", revision=revision, upgraded=migrated)
         self.store = Store(
             engine,
             node=self.cfg.node,
@@ -225,15 +225,19 @@ class Daemon:
                 asyncio.create_task(self._status_loop(), name="status"),
             ]
             stack.push_async_callback(_cancel, tasks)
-            from callbackd.adapters.scheduled import ReportScheduler
+            if self.cfg.reports.schedule:  # APScheduler is imported only when reports are scheduled
+                from callbackd.adapters.scheduled import ReportScheduler
 
-            reports = ReportScheduler(self.cfg)
-            reports.start()
-            stack.callback(reports.shutdown)
+                reports = ReportScheduler(self.cfg)
+                reports.start()
+                stack.callback(reports.shutdown)
             await self._start_lead_intake(sources)
             self.lifecycle.install_stop()
             self.state = "running"
             notify("READY=1\nSTATUS=attached to AMI")
+            trim_heap()
+            # Again once the resync after the login and the first turns are over.
+            asyncio.get_running_loop().call_later(15.0, trim_heap)
             log.info(
                 "daemon.ready",
                 node=self.cfg.node,
