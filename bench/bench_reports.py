@@ -155,12 +155,13 @@ def generate(path: Path, n_calls: int, seed: int = 1) -> dict[str, int]:
     con = sqlite3.connect(path)
     con.execute("PRAGMA synchronous=OFF")
     with con:
-        insert(con, "calls", CALL_COLUMNS, calls, caller_num="", caller_name="", did="", node="bench")
+        fixed = {"caller_num": "", "caller_name": "", "did": "", "node": "bench", "pbx": "bench"}
+        insert(con, "calls", CALL_COLUMNS, calls, **fixed)
         insert(
             con, "requests", REQUEST_COLUMNS, requests, name="", contact_count=1, operator_tries=0, note=""
         )
         insert(con, "contacts", CONTACT_COLUMNS, contacts, raw_number="", name="", reason="queue_abandon",
-               comment="", detail="")  # fmt: skip
+               comment="", detail="", pbx="bench")  # fmt: skip
         insert(con, "attempts", ATTEMPT_COLUMNS, attempts, status="done", counted=1, node="bench")
     con.execute("ANALYZE")
     con.close()
