@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -61,6 +61,18 @@ def _log_plan(request_id: int, number: str, plan: Plan, zones: Sequence[str]) ->
             client_zones=list(zones),
         )
 
+
+# The intake's statements, built once (the ORM's expression building is a good part of an item's cost).
+_SEEN_CONTACT = select(m.Contact.id, m.Contact.request_id).where(
+    m.Contact.pbx == bindparam("pbx"),
+    m.Contact.source == bindparam("source"),
+    m.Contact.source_ref == bindparam("ref"),
+)
+_OPEN_REQUESTS = (
+    select(m.Request)
+    .where(m.Request.number == bindparam("number"), m.Request.status.in_(OPEN_STATUSES))
+    .with_for_update()
+)
 
 # How long an attempt stays this node's without a renewal (renewed every quarter of it).
 ATTEMPT_LEASE = timedelta(minutes=2)
@@ -190,7 +202,14 @@ class Store:
             at = self.schedule.next_chosen(contact.chosen_local, contact.at, zones)
             contact = replace(contact, preferred_at=at, time_chosen=True, chosen_local=None)
         seen = (
-            await s.execute(select(m.Contact.id, m.Contact.request_id).where(*self._same_contact(contact)))
+            await s.execute(
+                _SEEN_CONTACT,
+                {
+                    "pbx": dedup_scope(contact.source, self.pbx),
+                    "source": contact.source.value,
+                    "ref": contact.source_ref[:128],
+                },
+            )
         ).first()
         if seen is not None:
             return ContactResult(seen.id, seen.request_id, duplicate=True)
@@ -211,13 +230,7 @@ class Store:
         s.add(row)
         created = merged = False
         if decision.schedules and decision.number is not None:
-            req = (
-                await s.execute(
-                    select(m.Request)
-                    .where(m.Request.number == decision.number, m.Request.status.in_(OPEN_STATUSES))
-                    .with_for_update()
-                )
-            ).scalar_one_or_none()
+            req = (await s.execute(_OPEN_REQUESTS, {"number": decision.number})).scalar_one_or_none()
             if req is None:
                 req = self._new_request(contact, decision)
                 s.add(req)
@@ -361,17 +374,7 @@ class Store:
         if s is None:
             async with self.session() as s, s.begin():
                 return await self.recover(number, now, how, s)
-        reqs = (
-            (
-                await s.execute(
-                    select(m.Request)
-                    .where(m.Request.number == number, m.Request.status.in_(OPEN_STATUSES))
-                    .with_for_update()
-                )
-            )
-            .scalars()
-            .all()
-        )
+        reqs = (await s.execute(_OPEN_REQUESTS, {"number": number})).scalars().all()
         for req in reqs:
             _apply(req, RequestEvent.RECOVER, now)
             req.close_reason = how
