@@ -227,7 +227,8 @@ class Store:
             disposition=decision.disposition.value,
             detail=decision.detail[:120],
         )
-        s.add(row)
+        # The row goes in once its request is known: one INSERT (and one UPDATE of a merged
+        # request) in one flush, not an INSERT and then an UPDATE of its request_id.
         created = merged = False
         if decision.schedules and decision.number is not None:
             req = (await s.execute(_OPEN_REQUESTS, {"number": decision.number})).scalar_one_or_none()
@@ -264,8 +265,8 @@ class Store:
                     if contact.time_chosen and contact.preferred_at is not None:
                         req.preferred_at, req.time_chosen = contact.preferred_at, True
                 merged = True
-            await s.flush()
             row.request_id = req.id
+        s.add(row)
         await s.flush()
         return ContactResult(
             row.id, row.request_id, created=created, merged=merged, disposition=decision.disposition
