@@ -143,7 +143,7 @@ def size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-async def run(operators: int, calls: int, every: float) -> dict[str, Any]:
+async def run(operators: int, calls: int, every: float, restore_with: str | None = None) -> dict[str, Any]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with lab_lock(), tempfile.TemporaryDirectory(prefix="callbackd-scale-") as tmpname:
         tmp = Path(tmpname)
@@ -154,7 +154,15 @@ async def run(operators: int, calls: int, every: float) -> dict[str, Any]:
             return await measure_run(operators, calls, every, tmp)
         finally:
             t0 = time.monotonic()
-            lab("up", "--restart", env={"CALLBACKD_LAB_SIPP_TRACE": ""})
+            if restore_with:  # the checkout the lab was started from (its configs and scenarios)
+                subprocess.run(  # noqa: ASYNC221 - nothing else runs on the loop by now
+                    [sys.executable, restore_with, "up", "--restart"],
+                    env={**os.environ, "CALLBACKD_LAB_SIPP_TRACE": ""},
+                    check=True,
+                    capture_output=True,
+                )
+            else:
+                lab("up", "--restart", env={"CALLBACKD_LAB_SIPP_TRACE": ""})
             say(f"  default lab restored in {time.monotonic() - t0:.1f} s")
 
 
@@ -305,10 +313,13 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=1000, help="at most 1000 (numbers 202555xxx6)")
     p.add_argument("--every", type=float, default=30.0, help="seconds between bursts (1000 calls: 20 bursts)")
     p.add_argument("--json", metavar="FILE", help="append the result to this JSON list file")
+    p.add_argument(
+        "--restore-with", metavar="LAB_TOOL", help="asterisk/lab of the checkout the lab came from"
+    )
     args = p.parse_args()
     if not 1 <= args.calls <= 1000:
         p.error("--calls must be 1 to 1000")
-    res = asyncio.run(run(args.operators, args.calls, args.every))
+    res = asyncio.run(run(args.operators, args.calls, args.every, args.restore_with))
     print(json.dumps(res, indent=2))
     if args.json:
         path = Path(args.json)
