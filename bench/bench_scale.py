@@ -72,6 +72,7 @@ class Watch:
     def __init__(self) -> None:
         self.abandons: dict[str, float] = {}
         self.hangups: dict[str, float] = {}
+        self.operator_legs_ended: dict[str, float] = {}  # cbd-<attempt id> -> its Hangup
         self.lock = threading.Lock()
 
     def __call__(self, ev: dict[str, str]) -> None:
@@ -79,6 +80,9 @@ class Watch:
         if name == "QueueCallerAbandon":
             with self.lock:
                 self.abandons.setdefault(digits10(ev.get("CallerIDNum", "")), float(ev["Timestamp"]))
+        elif name == "Hangup" and ev.get("Uniqueid", "").startswith("cbd-"):
+            with self.lock:
+                self.operator_legs_ended.setdefault(ev["Uniqueid"], float(ev["Timestamp"]))
         elif (
             name == "Hangup" and ev.get("Context") == "from-pstn" and ev.get("Uniqueid") == ev.get("Linkedid")
         ):
@@ -245,7 +249,11 @@ def figures(
     missed_log = {
         digits10(e.get("number", "")): iso_epoch(e["timestamp"]) for e in daemon.events("call.missed")
     }
-    outcomes = sorted(iso_epoch(e["timestamp"]) for e in daemon.events("attempt.outcome"))
+    # An operator is busy from the Originate to the Hangup of its leg (the outcome is logged
+    # before Asterisk has hung the operator up and told the queue).
+    ended_at = {e["attempt_id"]: iso_epoch(e["timestamp"]) for e in daemon.events("attempt.outcome")}
+    ended_at.update({k[4:]: t for k, t in watch.operator_legs_ended.items()})
+    outcomes = sorted(ended_at.values())
     started = sorted(ringing.values())
 
     def in_flight(at: float) -> int:
