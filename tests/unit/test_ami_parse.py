@@ -84,11 +84,15 @@ def test_anything_but_a_plain_event_is_left_to_panoramisk(block):
 
 def test_control_characters_are_dropped_as_to_dict_drops_them():
     block = "Event: Newchannel\r\nCallerIDName: Bob\x00by\x07\r\nCaller\x1bIDNum: 2025550123\r"
-    assert parse_event(block) == old_path(block) == {
-        "Event": "Newchannel",
-        "CallerIDName": "Bobby",
-        "CallerIDNum": "2025550123",
-    }
+    assert (
+        parse_event(block)
+        == old_path(block)
+        == {
+            "Event": "Newchannel",
+            "CallerIDName": "Bobby",
+            "CallerIDNum": "2025550123",
+        }
+    )
 
 
 class Manager:
