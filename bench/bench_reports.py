@@ -155,12 +155,13 @@ def generate(path: Path, n_calls: int, seed: int = 1) -> dict[str, int]:
     con = sqlite3.connect(path)
     con.execute("PRAGMA synchronous=OFF")
     with con:
-        insert(con, "calls", CALL_COLUMNS, calls, caller_num="", caller_name="", did="", node="bench")
+        fixed = {"caller_num": "", "caller_name": "", "did": "", "node": "bench", "pbx": "bench"}
+        insert(con, "calls", CALL_COLUMNS, calls, **fixed)
         insert(
             con, "requests", REQUEST_COLUMNS, requests, name="", contact_count=1, operator_tries=0, note=""
         )
         insert(con, "contacts", CONTACT_COLUMNS, contacts, raw_number="", name="", reason="queue_abandon",
-               comment="", detail="")  # fmt: skip
+               comment="", detail="", pbx="bench")  # fmt: skip
         insert(con, "attempts", ATTEMPT_COLUMNS, attempts, status="done", counted=1, node="bench")
     con.execute("ANALYZE")
     con.close()
@@ -198,12 +199,19 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--reuse", action="store_true", help="keep an existing database of the same size")
     p.add_argument("--generate", metavar="DB", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=OUT,
+        help="where the generated database is kept (a cache: /var/cache/callbackd-bench for 10M calls)",
+    )
     args = p.parse_args()
     if args.generate:
         print(json.dumps(generate(Path(args.generate), args.calls)))
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
-    dbfile = OUT / f"reports-{args.calls}.db"
+    args.dir.mkdir(parents=True, exist_ok=True)
+    dbfile = args.dir / f"reports-{args.calls}.db"
     config = OUT / "bench-reports.toml"
     config.write_text(f'[database]\nurl = "sqlite+aiosqlite:///{dbfile}"\n\n[reports]\ntimezone = "UTC"\n')
     cli = [sys.executable, "-m", "callbackd", "-c", str(config)]
@@ -276,6 +284,7 @@ def main() -> int:
         "repeat": args.repeat,
         "results": results,
     }
+    (OUT / f"reports-{args.calls}.json").write_text(json.dumps(report, indent=2) + "\n")
     (OUT / "reports.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {OUT / 'reports.json'}")
     return 0

@@ -42,7 +42,7 @@ from callbackd.domain.pbx import UnsupportedAsterisk, check_asterisk
 from callbackd.domain.phone import NumberRules, mask
 from callbackd.domain.states import RequestStatus
 from callbackd.intake import IntakeService
-from callbackd.lifecycle import Lifecycle, notify, watchdog
+from callbackd.lifecycle import Lifecycle, notify, trim_heap, watchdog
 from callbackd.resync import on_login
 
 log = structlog.get_logger("callbackd")
@@ -158,8 +158,8 @@ class Daemon:
         """
         engine = db.make_engine(self.cfg.database.url)
         stack.push_async_callback(engine.dispose)
-        await self._wait_for_database(engine)
-        log.info("db.migrated", revision=await db.current_revision(engine))
+        revision, migrated = await self._wait_for_database(engine)
+        log.info("db.migrated", revision=revision, upgraded=migrated)
         self.store = Store(
             engine,
             node=self.cfg.node,
@@ -252,15 +252,19 @@ class Daemon:
                 asyncio.create_task(self._status_line_loop(), name="status-line"),
             ]
             stack.push_async_callback(_cancel, tasks)
-            from callbackd.adapters.scheduled import ReportScheduler
+            if self.cfg.reports.schedule:  # APScheduler is imported only when reports are scheduled
+                from callbackd.adapters.scheduled import ReportScheduler
 
-            reports = ReportScheduler(self.cfg)
-            reports.start()
-            stack.callback(reports.shutdown)
+                reports = ReportScheduler(self.cfg)
+                reports.start()
+                stack.callback(reports.shutdown)
             await self._start_lead_intake(sources)
             self.state = "running"
             self.status_line = self._running_line()
             notify(f"READY=1\nSTATUS={self.status_line}")
+            trim_heap()
+            # Again once the resync after the login and the first turns are over.
+            asyncio.get_running_loop().call_later(15.0, trim_heap)
             log.info(
                 "daemon.ready",
                 node=self.cfg.node,
@@ -296,16 +300,15 @@ class Daemon:
             self.status_line = line
         notify(f"STATUS={line}\nEXTEND_TIMEOUT_USEC={int(EXTEND_START * 1e6)}")
 
-    async def _wait_for_database(self, engine: Any) -> None:
-        """Migrate; while the database does not answer (or is locked), retry with back-off, forever."""
+    async def _wait_for_database(self, engine: Any) -> tuple[str | None, bool]:
+        """Migrate if behind (Alembic only then); while the database does not answer (or is locked), retry with back-off, forever."""
         from sqlalchemy.exc import InterfaceError, OperationalError
 
         backoff = self.backoff()
         failures = 0
         while True:
             try:
-                await db.upgrade(engine)
-                return
+                return await db.ensure_current(engine)
             except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
                 failures += 1
                 error = (str(getattr(exc, "orig", None) or exc).splitlines() or ["error"])[0][:200]

@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from callbackd.adapters.spool import Recovery, Spool, Spooled, SpoolFull, as_dict
 from callbackd.adapters.store import ContactResult, Store
@@ -53,6 +54,10 @@ RETRY_MAX_S = 5.0
 # many, or a quarter of the spool, so a long replay rewrites it a few times, not once per batch;
 # a crash replays at most one batch again (harmless: storing is idempotent).
 DROP_BATCH = 200
+# Group commit: the writer stores what is queued when it turns to the queue, up to this many
+# items in one transaction. It never waits for a batch to fill: under a trickle every item is
+# its own transaction, under a burst the items that queued during one commit share the next.
+WRITE_BATCH = 200
 # A spooled entry the database keeps refusing (not a connection problem) is set aside after this many tries.
 MAX_REFUSED_TRIES = 3
 # How often "spool full" is repeated in the log while it lasts.
@@ -63,9 +68,26 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _nothing() -> None:
+    pass
+
+
+def parse_caller_id_or_none(raw: str, region: str) -> str | None:
+    try:
+        number = parse_caller_id(raw, region)
+    except InvalidNumber:
+        return None
+    return str(number) if number is not None else None
+
+
 def transient(exc: BaseException) -> bool:
     """A database that is away (refused, killed, locked, timed out), as opposed to one refusing the data."""
     if isinstance(exc, IntegrityError | DataError):
+        return False
+    # asyncpg's data and constraint errors reach SQLAlchemy as a bare DBAPIError: their SQLSTATE
+    # class tells them (22: data exception, 23: integrity constraint violation).
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(state, str) and state[:2] in ("22", "23"):
         return False
     return isinstance(exc, DBAPIError | OSError | TimeoutError | ConnectionError)
 
@@ -134,7 +156,9 @@ class IntakeService:
         self.replayed = 0  # entries put back into the database since start
         self.closed = False
         self._queue: deque[_Job] = deque()
-        self._current: _Job | None = None
+        self._current: list[_Job] = []  # taken from the queue, not yet stored or spooled
+        self.batches = 0  # transactions of more than one item (group commits) since start
+        self.batch_fallbacks = 0  # of those, the ones that failed and were stored item by item
         self._arrived = asyncio.Event()
         self._idle_now = asyncio.Event()  # set each time the writer finishes a job
         self._spooled = asyncio.Event()
@@ -177,8 +201,8 @@ class IntakeService:
         for t in self._tasks:
             with contextlib.suppress(BaseException):
                 await t
-        left = ([self._current] if self._current is not None else []) + list(self._queue)
-        self._current = None
+        left = self._current + list(self._queue)
+        self._current = []
         self._queue.clear()
         for job in left:
             # Beyond the bound if need be: the bound protects the disk from a long outage,
@@ -191,7 +215,7 @@ class IntakeService:
 
     async def idle(self) -> None:
         """Until every queued item is stored or spooled (the spool may still wait for replay)."""
-        while self._queue or self._current is not None:
+        while self._queue or self._current:
             self._idle_now.clear()
             await self._idle_now.wait()
 
@@ -264,16 +288,61 @@ class IntakeService:
             while not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            job = self._current = self._queue.popleft()
-            try:
-                await self._take(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug: keep the job on disk rather than lose it
-                log.exception("intake.failed", item=type(job.entry.item).__name__)
-                self._spool_anyway(job)
-            self._current = None
+            if len(self._queue) > 1 and not len(self.spool) and self.link.up is not False:
+                n = min(len(self._queue), WRITE_BATCH)
+                self._current = [self._queue.popleft() for _ in range(n)]
+                await self._take_batch(self._current)
+            else:
+                job = self._queue.popleft()
+                self._current = [job]
+                await self._take_one(job)
+            self._current = []
             self._idle_now.set()
+
+    async def _take_one(self, job: _Job) -> None:
+        try:
+            await self._take(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: keep the job on disk rather than lose it
+            log.exception("intake.failed", item=type(job.entry.item).__name__)
+            self._spool_anyway(job)
+
+    async def _take_batch(self, jobs: list[_Job]) -> None:
+        """Store *jobs* in one transaction. If the database is away they are spooled, in order.
+        If it refuses the batch, none of it is kept and each job is taken again on its own (its
+        own transaction), so one bad item costs the batch its group commit, never the others."""
+        done: list[tuple[_Job, ContactResult | None, Callable[[], None]]] = []
+        try:
+            async with self.store.unit() as s:
+                calls: list[dict[str, Any]] = []
+                for job in jobs:
+                    result, after = await self._store_in(job.entry, s, calls)
+                    done.append((job, result, after))
+                await self.store.insert_calls(s, calls)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if transient(exc):  # the database is away: spool them all, in order, as one item would be
+                self._link_down(exc)
+                for job in jobs:
+                    await self._spool_or_wait(job)
+                return
+            self.batch_fallbacks += 1
+            log.warning(
+                "intake.batch_failed",
+                items=len(jobs),
+                error=(str(exc).splitlines() or [type(exc).__name__])[0][:200],
+                hint="storing its items one by one",
+            )
+            for job in jobs:
+                await self._take_one(job)
+            return
+        self.batches += 1
+        self._link_up()
+        for job, result, after in done:
+            after()
+            self._finish(job, result)
 
     async def _take(self, job: _Job) -> None:
         if len(self.spool):  # something older waits for the database: keep the order
@@ -383,35 +452,46 @@ class IntakeService:
     # -- storing one item ----------------------------------------------------------------
 
     async def _store(self, entry: Spooled) -> ContactResult | None:
+        """One item in its own transaction."""
+        result, after = await self._store_in(entry)
+        after()
+        return result
+
+    async def _store_in(
+        self, entry: Spooled, s: AsyncSession | None = None, calls: list[dict[str, Any]] | None = None
+    ) -> tuple[ContactResult | None, Callable[[], None]]:
+        """Store *entry* (in *s*'s transaction when given; a call row then goes to *calls*, written
+        by the caller before its commit). Returns the result and what to tell once it is committed."""
         item = entry.item
         if isinstance(item, Contact):
             decision = decide(item, self.rules)
             # Over the limits: refused only if it would open a new request (a merge adds no call).
             if entry.refusal and not (
-                decision.number and await self.store.has_open_request(str(decision.number))
+                decision.number and await self.store.has_open_request(str(decision.number), s)
             ):
                 decision = limit(decision, entry.refusal)
             if decision.disposition is Disposition.RATE_LIMITED and item.source in WEB_SOURCES:
-                return ContactResult(None, None, disposition=decision.disposition)
-            return await self.store.record_contact(item, decision)
+                return ContactResult(None, None, disposition=decision.disposition), _nothing
+            return await self.store.record_contact(item, decision, s), _nothing
         if isinstance(item, CallTrack):
-            try:
-                number = parse_caller_id(item.caller_num, self.rules.region)
-            except InvalidNumber:
-                number = None
-            await self.store.record_call(item, str(number) if number else None)
-            self.on_call(item.missed.value if item.missed else None)
-            return None
-        try:
-            parsed = parse_caller_id(item.raw_number, self.rules.region)
-        except InvalidNumber:
-            return None
-        if parsed is not None:
-            closed = await self.store.recover(str(parsed), item.at, item.how)
+            number = parse_caller_id_or_none(item.caller_num, self.rules.region)
+            miss = item.missed.value if item.missed else None
+            if calls is None:
+                await self.store.record_call(item, number)
+            else:
+                calls.append(self.store.call_row(item, number))
+            return None, lambda: self.on_call(miss)
+        parsed = parse_caller_id_or_none(item.raw_number, self.rules.region)
+        if parsed is None:
+            return None, _nothing
+        closed = await self.store.recover(parsed, item.at, item.how, s)
+
+        def told() -> None:
             self.on_recovered(item.how, len(closed))
             if closed:
-                log.info("request.recovered", request_ids=closed, number=self._num(str(parsed)), how=item.how)
-        return None
+                log.info("request.recovered", request_ids=closed, number=self._num(parsed), how=item.how)
+
+        return None, told
 
     def _finish(self, job: _Job, result: ContactResult | None) -> None:
         item = job.entry.item
@@ -503,7 +583,7 @@ class IntakeService:
     # -- what status and metrics show ----------------------------------------------------
 
     def backlog(self) -> Backlog:
-        waiting = ([self._current] if self._current is not None else []) + list(self._queue)
+        waiting = self._current + list(self._queue)
         times = [j.entry.queued_at for j in waiting if j.entry.queued_at is not None]
         if self._replay_pos < len(self.spool):
             head = self.spool.items[self._replay_pos].queued_at

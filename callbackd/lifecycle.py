@@ -83,3 +83,21 @@ class Lifecycle:
             self.should_exit.set()
         else:
             self.force_exit.set()
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim(0)).
+
+    Start-up (imports, the first queries, the resync) leaves freed arenas mapped that an idle
+    daemon never reuses. False where there is no glibc (musl, macOS): nothing to do there."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -16,11 +16,14 @@ from labkit.layout import (
     AMI_ADMIN,
     AMI_PRODUCT,
     CACHE_BASE,
+    DEFAULT_OPERATORS,
     DEFAULT_PROFILE,
     DIALPLAN_DIR,
     ETC_DIR,
     HOST_PACKAGES,
+    LOCALHOST,
     MIRROR,
+    MORE_OPERATORS_PORT,
     PACKAGES,
     PROFILE_MODULES,
     PROFILES_DIR,
@@ -204,7 +207,34 @@ def copy_configs(root: Path, profile: str = DEFAULT_PROFILE) -> list[str]:
     for src in overlay:
         shutil.copy2(src, etc / src.name)
     write_json(state_path("profile.json"), {"profile": profile})
+    write_operator_configs(etc, operator_count())
     return sorted({f.name for f in sources + dialplans + overlay})
+
+
+def operator_count() -> int:
+    """How many operators the lab runs (`asterisk/lab up --operators N`; 2 by default)."""
+    return int(read_json(state_path("operators.json"), {}).get("operators", DEFAULT_OPERATORS))
+
+
+def write_operator_configs(etc: Path, n: int) -> None:
+    """op3..opN: PJSIP endpoints reached at MORE_OPERATORS_PORT and members of the support queue
+    (pjsip.conf and queues.conf include these files; with 2 operators they are empty)."""
+    pjsip, members = [], []
+    for k in range(DEFAULT_OPERATORS + 1, n + 1):
+        name = f"op{k}"
+        pjsip += [
+            f"[{name}](lab-endpoint)",
+            "context = from-operators",
+            f'callerid = "Operator {k}" <{200 + k}>',
+            f"aors = {name}",
+            "",
+            f"[{name}](lab-aor)",
+            f"contact = sip:{name}@{LOCALHOST}:{MORE_OPERATORS_PORT}",
+            "",
+        ]
+        members.append(f"member => PJSIP/{name},0,Operator {k},PJSIP/{name}")
+    (etc / "pjsip_operators.conf").write_text("\n".join(pjsip) + "\n")
+    (etc / "queues_operators.conf").write_text("\n".join(members) + "\n")
 
 
 def switch_profile(profile: str) -> bool:

@@ -4,7 +4,7 @@ Asterisk runs from a cached Debian sid chroot (built with debootstrap on first u
 operators are SIPp user agents, the PSTN is a small stateful SIP responder built into
 this script, and outside callers are SIPp user agents started per call.
 
-    asterisk/lab up [--restart] [--op1 B] [--op2 B]   start everything (idempotent)
+    asterisk/lab up [--restart] [--op1 B] [--op2 B] [--operators N]   start everything (idempotent)
     asterisk/lab status [--json]                      what is running
     asterisk/lab operator op1 answer|busy|noanswer|reject|off|answer:SECONDS
     asterisk/lab pstn NUMBER busy,answer              script the next calls to a client
@@ -52,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in OPERATORS:
         up.add_argument(f"--{name}", metavar="BEHAVIOUR", help=f"{name}'s behaviour (default answer)")
+    up.add_argument(
+        "--operators",
+        type=int,
+        default=2,
+        metavar="N",
+        help="operators in the support queue (default 2): op3..opN answer at one SIPp (scale benchmarks);"
+        " a running lab with another count is restarted",
+    )
     up.set_defaults(fn=cmd_up)
 
     sub.add_parser("down", help="stop everything the lab started").set_defaults(fn=cmd_down)

@@ -72,6 +72,11 @@ PSTN_PORT = 5085
 
 
 OPERATORS = {"op1": 5081, "op2": 5082}
+# `asterisk/lab up --operators N` (N > 2): op3..opN more operators in the support queue, every
+# one a PJSIP endpoint whose contact is this port, where one SIPp answers them all.
+MORE_OPERATORS_PORT = 5090
+DEFAULT_OPERATORS = 2
+MAX_OPERATORS = 500
 
 
 AMI_ADMIN = ("lab", "lab-admin-secret")

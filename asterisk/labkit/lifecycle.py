@@ -19,6 +19,7 @@ from labkit.chroot import (
     ensure_chroot,
     ensure_host_packages,
     mounts_under,
+    operator_count,
     reset_runtime,
     switch_profile,
 )
@@ -27,7 +28,10 @@ from labkit.layout import (
     AMI_PRODUCT,
     ASTERISK_BOOT_TIMEOUT,
     CACHE_BASE,
+    DEFAULT_OPERATORS,
     LOCALHOST,
+    MAX_OPERATORS,
+    MORE_OPERATORS_PORT,
     OPERATORS,
     PSTN_PORT,
     SIP_PORT,
@@ -36,7 +40,7 @@ from labkit.layout import (
     log,
     warn,
 )
-from labkit.operators import parse_operator_behaviour, start_operator
+from labkit.operators import parse_operator_behaviour, start_more_operators, start_operator
 from labkit.procs import (
     all_pids,
     asterisk_pid,
@@ -111,7 +115,13 @@ def cmd_up(args) -> int:
     for b in wanted.values():
         parse_operator_behaviour(b)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    operators = getattr(args, "operators", DEFAULT_OPERATORS)
+    if not DEFAULT_OPERATORS <= operators <= MAX_OPERATORS:
+        raise LabError(f"--operators must be {DEFAULT_OPERATORS} to {MAX_OPERATORS}")
     with lab_lock():
+        if lab_is_up() and operator_count() != operators:
+            log(f"operators {operator_count()} -> {operators}: restarting the lab")
+            args.restart = True
         if lab_is_up() and not args.restart and not args.rebuild:
             changed = []
             if switch_profile(args.profile):
@@ -137,6 +147,7 @@ def cmd_up(args) -> int:
         ensure_host_packages()
         root, t_chroot, built = ensure_chroot(rebuild=args.rebuild)
         check_ports()
+        write_json(state_path("operators.json"), {"operators": operators})
         copy_configs(root, args.profile)
         reset_runtime(root)
         for f in ("pstn-calls.log",):
@@ -157,6 +168,8 @@ def cmd_up(args) -> int:
             start_pstn()
             for name, behaviour in wanted.items():
                 start_operator(name, behaviour)
+            if operators > DEFAULT_OPERATORS:
+                start_more_operators(operators)
             t_phones = time.monotonic() - t2
         except BaseException:
             warn("start-up failed; stopping what was started")
@@ -171,6 +184,8 @@ def cmd_up(args) -> int:
         log(f"  {version}, pid {pid}, AMI {LOCALHOST}:{AMI_PORT}, SIP {LOCALHOST}:{SIP_PORT}")
         log(f"  profile: {args.profile}")
         log("  operators: " + ", ".join(f"{n} {b} ({LOCALHOST}:{OPERATORS[n]})" for n, b in wanted.items()))
+        if operators > DEFAULT_OPERATORS:
+            log(f"  op3..op{operators}: answer ({LOCALHOST}:{MORE_OPERATORS_PORT}, one SIPp), queue support")
         log(f"  pstn: PJSIP/<number>@pstn -> {LOCALHOST}:{PSTN_PORT}; state {STATE_DIR}")
     return 0
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from labkit.layout import LOCALHOST, OPERATOR_BEHAVIOURS, OPERATORS, SIPP_DIR, LabError
+from labkit.layout import LOCALHOST, MORE_OPERATORS_PORT, OPERATOR_BEHAVIOURS, OPERATORS, SIPP_DIR, LabError
 from labkit.procs import (
     is_our_sipp,
     operator_info,
@@ -131,4 +131,66 @@ def stop_operator(name: str) -> None:
     port = OPERATORS.get(name)
     deadline = time.monotonic() + 3
     while port and time.monotonic() < deadline and not port_free(port, "udp"):
+        time.sleep(0.05)
+
+
+def start_more_operators(n: int) -> dict:
+    """op3..opN: one SIPp answering every INVITE at MORE_OPERATORS_PORT (it serves any number of
+    calls at once, whichever endpoint they are for). Traced like op1 and op2 when
+    CALLBACKD_LAB_SIPP_TRACE is set (to phones/ops.messages.log)."""
+    name, port = "ops", MORE_OPERATORS_PORT
+    stop_more_operators()
+    if not port_free(port, "udp"):
+        raise LabError(
+            f"UDP port {port} for op3..op{n} is taken by {port_owner(port, 'udp') or 'another process'}"
+        )
+    trace = bool(os.environ.get("CALLBACKD_LAB_SIPP_TRACE"))
+    logdir = state_path("phones")
+    logdir.mkdir(parents=True, exist_ok=True)
+    cmd = ["sipp", "-sf", str(SIPP_DIR / OPERATOR_BEHAVIOURS["answer"]), "-i", LOCALHOST, "-p", str(port)]
+    cmd += ["-s", name, "-nostdin", "-trace_err", "-error_file", str(logdir / f"{name}.errors.log")]
+    cmd += ["-error_overwrite", "false", "-max_log_size", "10000000", "-deadcall_wait", "5000"]
+    if trace:
+        cmd += [
+            "-trace_msg",
+            "-message_file",
+            str(logdir / f"{name}.messages.log"),
+            "-message_overwrite",
+            "false",
+        ]
+    with open(logdir / f"{name}.out", "ab") as err:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=logdir,
+            start_new_session=True,
+        )
+    info = {
+        "name": name,
+        "port": port,
+        "behaviour": "answer",
+        "pid": proc.pid,
+        "operators": n,
+        "trace": trace,
+    }
+    write_json(state_path("phones", f"{name}.json"), info)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"sipp for op3..op{n} exited at start (code {proc.returncode})")
+        if udp_port_bound(port):
+            return info
+        time.sleep(0.05)
+    raise LabError(f"sipp for op3..op{n} did not bind UDP {LOCALHOST}:{port}")
+
+
+def stop_more_operators() -> None:
+    info = operator_info("ops")
+    pid = info.get("pid")
+    if pid and pid_alive(pid) and is_our_sipp(pid):
+        stop_pid(pid, "sipp ops", grace=3)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not port_free(MORE_OPERATORS_PORT, "udp"):
         time.sleep(0.05)

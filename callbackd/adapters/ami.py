@@ -10,7 +10,10 @@ quirks are contained here:
 - a message it cannot handle (a duplicated ``Event`` or ``ActionID`` header makes
   it raise) would end the connection, so :class:`SafeAmiProtocol` drops that
   message instead, and caps what it buffers while waiting for a message's end;
-- events reach the rest of the daemon as plain ``dict[str, str]``.
+- events reach the rest of the daemon as plain ``dict[str, str]``: an ordinary event (no
+  ActionID, no repeated header) is parsed straight into one by :func:`parse_event`, without
+  panoramisk's case-insensitive Message; everything else (responses, action events, odd
+  input) still goes through panoramisk and :func:`to_dict`, which give the same dict.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import structlog
 from panoramisk import Manager
 from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message
 
 from callbackd.domain.backoff import Backoff
 
@@ -61,18 +65,68 @@ def to_dict(message: Any) -> dict[str, str]:
     return out
 
 
+# Headers that make a message panoramisk's business (a reply to an action, quoted, or its own).
+_SLOW_KEYS = frozenset({"actionid", "commandid", "result", "content"})
+_EOL = "\r\n"
+_EOM = "\r\n\r\n"
+# A control character in a message other than its CRLF line ends (a lone CR or LF counts).
+_CONTROL_IN_BLOCK = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+
+
+def parse_event(block: str) -> dict[str, str] | None:
+    """An AMI event (one message's text, without its blank line) as the dict
+    ``to_dict(Message.from_line(block))`` gives, or None when the message is not a plain event
+    (no ``Event`` header, a reply to an action, a repeated header, a shutdown): those take
+    panoramisk's path."""
+    out: dict[str, str] = {}
+    n = 0
+    for line in block.split(_EOL):
+        key, sep, value = line.partition(": ")
+        if sep:
+            out[key] = value
+            n += 1
+    if n != len(out) or "Event" not in out:
+        return None
+    lowered = set(map(str.lower, out))
+    if len(lowered) != n or not _SLOW_KEYS.isdisjoint(lowered) or out["Event"].lower() == "shutdown":
+        return None
+    if _CONTROL_IN_BLOCK.search(block):
+        return {_CONTROL.sub("", k): _CONTROL.sub("", v) for k, v in out.items()}
+    return out
+
+
 class SafeAmiProtocol(AMIProtocol):
     """panoramisk's parser, minus the ways bad input ends the connection or eats memory."""
 
     def data_received(self, data: bytes) -> None:
+        fast = getattr(self.factory, "on_plain_event", None)
         try:
-            super().data_received(data)
+            if fast is None or self.version is None:
+                super().data_received(data)
+            else:
+                self._receive(data.decode("ascii", "ignore"), fast)
         except Exception as exc:  # the rest of this chunk is lost, the connection is not
             log.warning("ami.bad_data", error=repr(exc)[:200])
         if sum(len(part) for part in self.queue) > MAX_PENDING:
             log.warning("ami.bad_data", error=f"no message end in {MAX_PENDING} bytes; reconnecting")
             self.queue.clear()
             self.transport.close()
+
+    def _receive(self, data: str, fast: Callable[[dict[str, str]], None]) -> None:
+        """panoramisk's data_received (same framing), with plain events parsed by parse_event."""
+        if self.queue:
+            data = self.queue.popleft() + data
+        blocks = data.split(_EOM)
+        self.queue.append(blocks.pop())
+        for block in blocks:
+            block = block.strip()
+            event = parse_event(block)
+            if event is not None:
+                fast(event)
+                continue
+            message = Message.from_line(block)
+            if message is not None:
+                self.handle_message(message)
 
     def handle_message(self, message: Any) -> None:
         try:
@@ -147,6 +201,8 @@ class AmiClient:
         )
         self.manager.client = self
         self.manager.register_event("*", self._dispatch)
+        # SafeAmiProtocol hands plain events here as dicts, past panoramisk's dispatch.
+        self.manager.on_plain_event = self._deliver
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -230,6 +286,9 @@ class AmiClient:
         except Exception as exc:  # garbage on the socket must never stop the stream
             log.warning("ami.bad_event", error=repr(exc)[:200])
             return
+        self._deliver(event)
+
+    def _deliver(self, event: dict[str, str]) -> None:
         try:
             self._on_event(event)
         except Exception:

@@ -18,10 +18,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from fastapi import APIRouter, Response
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -226,6 +228,8 @@ class Metrics:
 
 def router(metrics: Metrics, store: Any) -> APIRouter:
     """GET /metrics, unauthenticated: mount it only on a listener that is not public."""
+    from fastapi import APIRouter, Response  # only with a listener: the daemon may run without FastAPI
+
     r = APIRouter()
 
     @r.get("/metrics", include_in_schema=False)

@@ -6,14 +6,15 @@ transition table, so an illegal change raises instead of being written.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -60,6 +61,18 @@ def _log_plan(request_id: int, number: str, plan: Plan, zones: Sequence[str]) ->
             client_zones=list(zones),
         )
 
+
+# The intake's statements, built once (the ORM's expression building is a good part of an item's cost).
+_SEEN_CONTACT = select(m.Contact.id, m.Contact.request_id).where(
+    m.Contact.pbx == bindparam("pbx"),
+    m.Contact.source == bindparam("source"),
+    m.Contact.source_ref == bindparam("ref"),
+)
+_OPEN_REQUESTS = (
+    select(m.Request)
+    .where(m.Request.number == bindparam("number"), m.Request.status.in_(OPEN_STATUSES))
+    .with_for_update()
+)
 
 # How long an attempt stays this node's without a renewal (renewed every quarter of it).
 ATTEMPT_LEASE = timedelta(minutes=2)
@@ -147,8 +160,15 @@ class Store:
 
     # -- intake ----------------------------------------------------------------------
 
-    async def record_contact(self, contact: Contact, decision: Decision) -> ContactResult:
-        """Store the contact once; create or merge its request when it schedules."""
+    async def record_contact(
+        self, contact: Contact, decision: Decision, s: AsyncSession | None = None
+    ) -> ContactResult:
+        """Store the contact once; create or merge its request when it schedules.
+
+        In *s*'s transaction (see :meth:`unit`) when given: then a racing insert is not retried
+        here but fails the transaction, and its caller takes the items again one by one."""
+        if s is not None:
+            return await self._record_contact(contact, decision, s)
         for _ in range(3):  # a racing daemon may insert the same open number first
             try:
                 return await self._record_contact(contact, decision)
@@ -170,92 +190,99 @@ class Store:
             row = (await s.execute(select(m.Contact).where(*self._same_contact(contact)))).scalar_one()
             return ContactResult(row.id, row.request_id, duplicate=True)
 
-    async def _record_contact(self, contact: Contact, decision: Decision) -> ContactResult:
+    async def _record_contact(
+        self, contact: Contact, decision: Decision, s: AsyncSession | None = None
+    ) -> ContactResult:
+        """One contact; in *s*'s transaction when given (no retry there: a race fails the unit)."""
+        if s is None:
+            async with self.session() as s, s.begin():
+                return await self._record_contact(contact, decision, s)
         if contact.chosen_local is not None and decision.number is not None:
             zones = self.schedule.zones_for(E164.trusted(decision.number), contact.client_tz)
             at = self.schedule.next_chosen(contact.chosen_local, contact.at, zones)
             contact = replace(contact, preferred_at=at, time_chosen=True, chosen_local=None)
-        async with self.session() as s, s.begin():
-            seen = (
-                await s.execute(
-                    select(m.Contact.id, m.Contact.request_id).where(*self._same_contact(contact))
-                )
-            ).first()
-            if seen is not None:
-                return ContactResult(seen.id, seen.request_id, duplicate=True)
-            row = m.Contact(
-                pbx=dedup_scope(contact.source, self.pbx),
-                source=contact.source.value,
-                source_ref=contact.source_ref[:128],
-                raw_number=contact.raw_number[:64],
-                number=decision.number,
-                name=decision.name,
-                reason=contact.reason,
-                waited=contact.waited,
-                comment=contact.comment[:2000],
-                at=contact.at,
-                disposition=decision.disposition.value,
-                detail=decision.detail[:120],
+        seen = (
+            await s.execute(
+                _SEEN_CONTACT,
+                {
+                    "pbx": dedup_scope(contact.source, self.pbx),
+                    "source": contact.source.value,
+                    "ref": contact.source_ref[:128],
+                },
             )
-            s.add(row)
-            created = merged = False
-            if decision.schedules and decision.number is not None:
-                req = (
-                    await s.execute(
-                        select(m.Request)
-                        .where(m.Request.number == decision.number, m.Request.status.in_(OPEN_STATUSES))
-                        .with_for_update()
-                    )
-                ).scalar_one_or_none()
-                if req is None:
-                    req = self._new_request(contact, decision)
-                    s.add(req)
-                    created = True
-                    await s.flush()
-                    _log_plan(req.id, req.number, self._plan_of(req), req.client_zones or ())
-                else:
-                    req.contact_count += 1
-                    if contact.source.value not in req.sources:
-                        req.sources = [*req.sources, contact.source.value]
-                    if not req.name and decision.name:
-                        req.name = decision.name
-                    if contact.comment:
-                        req.note = (req.note + "\n" + contact.comment).strip()[:4000]
-                    if contact.did:
-                        req.did = contact.did[:64]  # the number they dialled last
-                    if contact.queue:
-                        req.queue = contact.queue[:64]  # the queue they waited in last
-                    req.updated_at = contact.at
-                    if req.status == RequestStatus.OPEN:  # a request being dialled gets its due at the end
-                        req.due_at = self.schedule.merged_due(
-                            req.due_at,
-                            contact.at,
-                            contact.preferred_at,
-                            spread_key=str(decision.number),
-                            client_zones=req.client_zones or (),
-                            kept_choice=req.time_chosen,
-                            new_choice=contact.time_chosen,
-                            queue=req.queue,
-                        )
-                        if contact.time_chosen and contact.preferred_at is not None:
-                            req.preferred_at, req.time_chosen = contact.preferred_at, True
-                    merged = True
+        ).first()
+        if seen is not None:
+            return ContactResult(seen.id, seen.request_id, duplicate=True)
+        row = m.Contact(
+            pbx=dedup_scope(contact.source, self.pbx),
+            source=contact.source.value,
+            source_ref=contact.source_ref[:128],
+            raw_number=contact.raw_number[:64],
+            number=decision.number,
+            name=decision.name,
+            reason=contact.reason,
+            waited=contact.waited,
+            comment=contact.comment[:2000],
+            at=contact.at,
+            disposition=decision.disposition.value,
+            detail=decision.detail[:120],
+        )
+        # The row goes in once its request is known: one INSERT (and one UPDATE of a merged
+        # request) in one flush, not an INSERT and then an UPDATE of its request_id.
+        created = merged = False
+        if decision.schedules and decision.number is not None:
+            req = (await s.execute(_OPEN_REQUESTS, {"number": decision.number})).scalar_one_or_none()
+            if req is None:
+                req = self._new_request(contact, decision)
+                s.add(req)
+                created = True
                 await s.flush()
-                row.request_id = req.id
-            await s.flush()
-            return ContactResult(
-                row.id, row.request_id, created=created, merged=merged, disposition=decision.disposition
-            )
+                _log_plan(req.id, req.number, self._plan_of(req), req.client_zones or ())
+            else:
+                req.contact_count += 1
+                if contact.source.value not in req.sources:
+                    req.sources = [*req.sources, contact.source.value]
+                if not req.name and decision.name:
+                    req.name = decision.name
+                if contact.comment:
+                    req.note = (req.note + "\n" + contact.comment).strip()[:4000]
+                if contact.did:
+                    req.did = contact.did[:64]  # the number they dialled last
+                if contact.queue:
+                    req.queue = contact.queue[:64]  # the queue they waited in last
+                req.updated_at = contact.at
+                if req.status == RequestStatus.OPEN:  # a request being dialled gets its due at the end
+                    req.due_at = self.schedule.merged_due(
+                        req.due_at,
+                        contact.at,
+                        contact.preferred_at,
+                        spread_key=str(decision.number),
+                        client_zones=req.client_zones or (),
+                        kept_choice=req.time_chosen,
+                        new_choice=contact.time_chosen,
+                        queue=req.queue,
+                    )
+                    if contact.time_chosen and contact.preferred_at is not None:
+                        req.preferred_at, req.time_chosen = contact.preferred_at, True
+                merged = True
+            row.request_id = req.id
+        s.add(row)
+        await s.flush()
+        return ContactResult(
+            row.id, row.request_id, created=created, merged=merged, disposition=decision.disposition
+        )
 
-    async def has_open_request(self, number: str) -> bool:
+    async def has_open_request(self, number: str, s: AsyncSession | None = None) -> bool:
         """Whether a contact for ``number`` would merge rather than open a new request."""
-        async with self.session() as s:
-            found = await s.execute(
-                select(m.Request.id)
-                .where(m.Request.number == number, m.Request.status.in_(OPEN_STATUSES))
-                .limit(1)
-            )
-            return found.first() is not None
+        if s is None:
+            async with self.session() as s:
+                return await self.has_open_request(number, s)
+        found = await s.execute(
+            select(m.Request.id)
+            .where(m.Request.number == number, m.Request.status.in_(OPEN_STATUSES))
+            .limit(1)
+        )
+        return found.first() is not None
 
     @staticmethod
     def _plan_of(req: m.Request) -> Plan:
@@ -298,52 +325,61 @@ class Store:
             queue=contact.queue,
         )
 
-    async def record_call(self, call: CallTrack, number: str | None) -> None:
-        async with self.session() as s:
-            s.add(
-                m.Call(
-                    pbx=self.pbx,
-                    linkedid=call.linkedid,
-                    caller_num=call.caller_num[:64],
-                    number=number,
-                    # Shown in reports and exports: letters, digits and plain punctuation only.
-                    caller_name=sanitize_caller_name(call.caller_name, 80),
-                    did=call.did[:64],
-                    queue=call.queue,
-                    started_at=call.started_at,
-                    joined_at=call.joined_at,
-                    answered_at=call.answered_at,
-                    ended_at=call.ended_at,
-                    hold_time=call.hold_time,
-                    agent=call.agent,
-                    outcome="answered" if call.answered else "missed",
-                    miss_reason=call.missed.value if call.missed else None,
-                    node=self.node,
-                )
-            )
-            try:
-                await s.commit()
-            except IntegrityError:  # the same call seen again after a reconnect
-                await s.rollback()
+    def call_row(self, call: CallTrack, number: str | None) -> dict[str, Any]:
+        """The calls row of *call*, for :meth:`insert_calls`."""
+        return {
+            "pbx": self.pbx,
+            "linkedid": call.linkedid,
+            "caller_num": call.caller_num[:64],
+            "number": number,
+            # Shown in reports and exports: letters, digits and plain punctuation only.
+            "caller_name": sanitize_caller_name(call.caller_name, 80),
+            "did": call.did[:64],
+            "queue": call.queue,
+            "started_at": call.started_at,
+            "joined_at": call.joined_at,
+            "answered_at": call.answered_at,
+            "ended_at": call.ended_at,
+            "hold_time": call.hold_time,
+            "agent": call.agent,
+            "outcome": "answered" if call.answered else "missed",
+            "miss_reason": call.missed.value if call.missed else None,
+            "node": self.node,
+        }
 
-    async def recover(self, number: str, now: datetime, how: str) -> list[int]:
-        """Close the number's open request: the client was reached another way."""
+    async def insert_calls(self, s: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        """Insert call rows in *s*'s transaction; a call already stored (seen again after a
+        reconnect) is skipped, so this never aborts the transaction it is part of."""
+        if not rows:
+            return
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        stmt = dialect_insert(m.Call).on_conflict_do_nothing(index_elements=["pbx", "linkedid"])
+        await s.execute(stmt, rows)
+
+    async def record_call(self, call: CallTrack, number: str | None) -> None:
         async with self.session() as s, s.begin():
-            reqs = (
-                (
-                    await s.execute(
-                        select(m.Request)
-                        .where(m.Request.number == number, m.Request.status.in_(OPEN_STATUSES))
-                        .with_for_update()
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            for req in reqs:
-                _apply(req, RequestEvent.RECOVER, now)
-                req.close_reason = how
-            return [r.id for r in reqs]
+            await self.insert_calls(s, [self.call_row(call, number)])
+
+    @contextlib.asynccontextmanager
+    async def unit(self) -> AsyncIterator[AsyncSession]:
+        """One transaction for several intake items (the intake writer's group commit): pass the
+        session to the methods that take one; committed at the end, rolled back on any error."""
+        async with self.session() as s, s.begin():
+            yield s
+
+    async def recover(self, number: str, now: datetime, how: str, s: AsyncSession | None = None) -> list[int]:
+        """Close the number's open request: the client was reached another way."""
+        if s is None:
+            async with self.session() as s, s.begin():
+                return await self.recover(number, now, how, s)
+        reqs = (await s.execute(_OPEN_REQUESTS, {"number": number})).scalars().all()
+        for req in reqs:
+            _apply(req, RequestEvent.RECOVER, now)
+            req.close_reason = how
+        return [r.id for r in reqs]
 
     # -- dialer ----------------------------------------------------------------------
 

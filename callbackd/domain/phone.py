@@ -7,6 +7,7 @@ dialplan variable to what Asterisk executes.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -100,7 +101,10 @@ def _check_region(region: str) -> str:
     return code
 
 
+@functools.lru_cache(maxsize=8192)
 def _valid_e164(text: str, region: str | None) -> str | None:
+    """Cached: a contact centre hears the same numbers again and again, and phonenumbers'
+    parse and validation cost more than the rest of storing a call."""
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:

@@ -99,14 +99,20 @@ def lab_config(
 
 
 class DaemonProcess:
-    def __init__(self, config: Path, env: dict[str, str] | None = None, log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str] | None = None,
+        log_file: Path | None = None,
+        python: str | None = None,  # another interpreter (bench: a production install's)
+    ) -> None:
         self.config = config
         self.log_file = log_file.open("a") if log_file else None
         self.lines: list[dict] = []
         self.raw: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "callbackd", "--config", str(config), "run"],
+            [python or sys.executable, "-m", "callbackd", "--config", str(config), "run"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
