@@ -301,7 +301,8 @@ class Daemon:
         notify(f"STATUS={line}\nEXTEND_TIMEOUT_USEC={int(EXTEND_START * 1e6)}")
 
     async def _wait_for_database(self, engine: Any) -> tuple[str | None, bool]:
-        """Migrate if behind (Alembic only then); while the database does not answer (or is locked), retry with back-off, forever."""
+        """Migrate if behind (Alembic only then); while the database does not answer (or is
+        locked), retry with back-off, forever."""
         from sqlalchemy.exc import InterfaceError, OperationalError
 
         backoff = self.backoff()
