@@ -155,6 +155,7 @@ async def test_cli_adds_a_request_at_the_clients_local_time(db_url, tmp_path):
         '[schedule]\ntimezone = "Europe/Moscow"\nopening_spread = "0s"\n'
         '[schedule.hours]\n"mon-sun" = "00:00-24:00"\n'
     )
+    config.chmod(0o600)  # the database URL may hold a password
     run = functools.partial(asyncio.to_thread, cli.main)
     assert await run(["--config", str(config), "db", "upgrade"]) == 0
     day = (datetime.now(VLADIVOSTOK) + timedelta(days=2)).date()

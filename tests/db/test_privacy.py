@@ -131,6 +131,7 @@ async def test_erasing_a_number_with_an_open_request_cancels_it(engine):
 async def test_cli_privacy_never_prints_or_logs_the_number(engine, db_url, tmp_path, capsys):
     config = tmp_path / "callbackd.toml"
     config.write_text(f'[database]\nurl = "{db_url}"\n[numbers]\ndefault_region = "US"\n')
+    config.chmod(0o600)
     assert (
         await asyncio.to_thread(cli.main, ["--config", str(config), "privacy", "export", "2025550104"]) == 0
     )

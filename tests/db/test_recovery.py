@@ -177,6 +177,7 @@ async def test_cli_recovery_in_every_format(engine, db_url, tmp_path, capsys):
 
     cfg = tmp_path / "callbackd.toml"
     cfg.write_text(f'[database]\nurl = "{db_url}"\n\n[reports]\ntimezone = "UTC"\n')
+    cfg.chmod(0o600)
     base = ["-c", str(cfg), "report", "--from", "2026-03-02", "--to", "2026-03-03", "--recovery"]
     assert await asyncio.to_thread(cli.main, [*base, "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -199,6 +200,7 @@ async def test_cli_simulate_replays_the_period(engine, db_url, tmp_path, capsys)
 
     cfg = tmp_path / "callbackd.toml"
     cfg.write_text(f'[database]\nurl = "{db_url}"\n\n[schedule]\nhours = {{ "mon-sun" = "00:00-24:00" }}\n')
+    cfg.chmod(0o600)
     base = ["-c", str(cfg), "simulate", "--from", "2026-03-02", "--to", "2026-03-03", "--runs", "3"]
     assert (
         await asyncio.to_thread(cli.main, [*base, "--format", "json", "--operators", "3", "--delays", "30m"])
@@ -216,4 +218,4 @@ async def test_cli_simulate_replays_the_period(engine, db_url, tmp_path, capsys)
     assert "net lost rate" in capsys.readouterr().out
     assert await asyncio.to_thread(cli.main, [*base, "--delays", "soon"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("callbackd simulate: --delays") and "\n" not in err
+    assert err.startswith("callbackd: error: simulate: --delays") and "\n" not in err

@@ -248,6 +248,7 @@ async def test_dead_letters_are_listed_and_sent_again_from_the_command_line(engi
         await give_up.stop()
     config = tmp_path / "c.toml"
     config.write_text(f'[database]\nurl = "{db_url}"\n')
+    config.chmod(0o600)
     run = lambda *a: asyncio.to_thread(cli.main, ["-c", str(config), "webhooks", *a])  # noqa: E731
     capsys.readouterr()  # the dispatcher's log lines
     assert await run("list", "--status", "dead", "--json") == 0
