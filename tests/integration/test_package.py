@@ -33,7 +33,11 @@ AS_USER = "runuser -u callbackd -- "
 
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory) -> dict[str, Path]:
-    """Two builds of the tree with different versions (the second one is the upgrade)."""
+    """Two builds of the tree with different versions (the second one is the upgrade).
+    CALLBACKD_TEST_DEBS=DIR takes both from an earlier run's DIR instead of building them."""
+    given = os.environ.get("CALLBACKD_TEST_DEBS")
+    if given:
+        return {v: next(Path(given).glob(f"callbackd_{v}_*.deb")) for v in (OLD, NEW)}
     out = tmp_path_factory.mktemp("debs")
     built = {}
     for version in (OLD, NEW):
