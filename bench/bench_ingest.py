@@ -569,13 +569,13 @@ def bound_note(
     items = per_loop["intake_items"] * loops
     text = (
         f"without database writes the same path runs at {median(detect):,.0f} events/s"
-        f" ({median(detect_ratios):.2f} of bare panoramisk: the conversion of every panoramisk"
-        " Message to a dict and the detector, operator pool and dialer per event); with them, the"
-        f" intake writer bounds it: {items:,} items per run (a call row per call, a contact and its"
-        " request per missed call, a recovery check per answered call), stored one at a time in one"
-        f" transaction each, {d['seconds'] * 1000 / items:.2f} ms per item on SQLite through"
-        f" SQLAlchemy's async session and aiosqlite's thread; the intake queue grew to"
-        f" {d['max_intake_depth']:,} items."
+        f" ({median(detect_ratios):.2f} of bare panoramisk: parsing each event into a dict and the"
+        " detector, operator pool, dialer and metrics per event); with them, the intake writer bounds"
+        f" it: {items:,} items per run (a call row per call, a contact merged into its request per"
+        " missed call, a recovery check per answered call), group-committed up to 200 per"
+        f" transaction, {d['seconds'] * 1000 / items:.2f} ms of the run per item on SQLite, most of it"
+        " the ORM's work per contact (its select, insert and request update, and the request's new"
+        f" due time) on the event loop's thread; the intake queue grew to {d['max_intake_depth']:,} items."
     )
     if prof:
         pk = ", ".join(f"{p['package']} {100 * p['share']:.0f} %" for p in prof["by_package"][:5])

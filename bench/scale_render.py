@@ -73,8 +73,37 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         " -> the daemon's call.missed line; double dials are numbers the PSTN got more than one INVITE for."
         f" Measured {when} on a shared 2-core machine (load average at the end of each run in the table).\n\n"
         + table(runs)
-        + "\n![reaction, CPU and RSS against operators](scale.svg)\n"
+        + "".join(f"\n- {n}" for n in notes(runs))
+        + "\n\n![reaction, CPU and RSS against operators](scale.svg)\n"
     )
+
+
+def notes(runs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    short = [r for r in runs if r["calls"] < 1000]
+    if short:
+        out.append(
+            "Shorter runs (time): "
+            + ", ".join(f"{r['operators']} operators {r['calls']} calls" for r in short)
+            + "; the issue's 1,000 calls over 10 minutes ran at "
+            + (", ".join(str(r["operators"]) for r in runs if r["calls"] >= 1000) or "none")
+            + " operators."
+        )
+    for r in runs:
+        if r["in_flight_peak"] >= r["operators"]:
+            out.append(
+                f"At {r['operators']} operators a burst keeps every operator busy"
+                f" ({r['in_flight_peak']} in flight"
+                " at peak): most callers wait for the next free operator, about two seconds. 'Operator free'"
+                " counts an operator busy from the daemon's Originate to the Hangup of its leg, so a call"
+                " abandoned just as a leg ended can count as free before the queue has seen that operator"
+                " idle: the p99 of the free calls is such a call."
+            )
+    out.append(
+        "The daemon runs from the test environment here (its RSS includes what the test extras load);"
+        " the footprint benchmark measures a production install."
+    )
+    return out
 
 
 def svg(runs: list[dict[str, Any]]) -> str:

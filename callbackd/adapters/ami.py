@@ -69,8 +69,6 @@ def to_dict(message: Any) -> dict[str, str]:
 _SLOW_KEYS = frozenset({"actionid", "commandid", "result", "content"})
 _EOL = "\r\n"
 _EOM = "\r\n\r\n"
-# A control character in a message other than its CRLF line ends (a lone CR or LF counts).
-_CONTROL_IN_BLOCK = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 
 
 def parse_event(block: str) -> dict[str, str] | None:
@@ -90,7 +88,7 @@ def parse_event(block: str) -> dict[str, str] | None:
     lowered = set(map(str.lower, out))
     if len(lowered) != n or not _SLOW_KEYS.isdisjoint(lowered) or out["Event"].lower() == "shutdown":
         return None
-    if _CONTROL_IN_BLOCK.search(block):
+    if _CONTROL.search(block.replace(_EOL, "")):  # one C pass: cheaper than a regex with look-arounds
         return {_CONTROL.sub("", k): _CONTROL.sub("", v) for k, v in out.items()}
     return out
 
