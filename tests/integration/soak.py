@@ -704,14 +704,22 @@ async def cut_ami_mid_originate(soak: Soak, hold: float) -> None:
 async def admin_cancel_retry(soak: Soak) -> None:
     """`requests cancel` then `requests retry` on a request some daemon is dialling."""
     faults: AttemptFaults = soak.attempt_faults  # type: ignore[attr-defined]
-    con = sqlite3.connect(soak.db_path, timeout=30)
-    try:
-        row = con.execute("SELECT id FROM requests WHERE status = 'dialling' LIMIT 1").fetchone()
-    finally:
-        con.close()
+    config = faults.second.config if faults.second is not None else soak.config
+    query = "SELECT id FROM requests WHERE status = 'dialling' LIMIT 1"
+    if soak.pg_url is None:
+        con = sqlite3.connect(soak.db_path, timeout=30)
+        try:
+            row = con.execute(query).fetchone()
+        finally:
+            con.close()
+    else:  # the PostgreSQL variant: db_path is only the checker's copy, made at the end
+        try:
+            rows = await pg_fetch(soak.pg_url, query)
+        except Exception:  # the database is away (the outage fault): no admin round this time
+            return
+        row = rows[0] if rows else None
     if row is None:
         return
-    config = faults.second.config if faults.second is not None else soak.config
     await asyncio.to_thread(cli, config, "requests", "cancel", str(row[0]), check=False)
     await asyncio.to_thread(cli, config, "requests", "retry", str(row[0]), check=False)
     faults.admin.append((time.time(), row[0]))
