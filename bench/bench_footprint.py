@@ -38,21 +38,18 @@ from bench.benchlib import (
 )
 
 # The daemon's imports, roughly in the order `callbackd run` loads them (callbackd.app pulls in
-# the database, AMI, metrics and FastAPI modules; Daemon.run the FastAGI and report scheduler).
+# the database, AMI and metrics modules; Daemon.run the FastAGI). FastAPI, APScheduler and Alembic
+# are imported only when the HTTP listener, scheduled reports or a migration need them.
 IMPORT_STEPS = [
     "structlog",
     "pydantic",
     "sqlalchemy.ext.asyncio",
     "aiosqlite",
-    "alembic.command",
     "panoramisk",
     "phonenumbers",
     "prometheus_client",
-    "fastapi",
-    "apscheduler.schedulers.asyncio",
     "callbackd.app",
     "callbackd.adapters.agi",
-    "callbackd.adapters.scheduled",
 ]
 # Run in a fresh interpreter: VmRSS after each import, then after a migration as at start-up.
 IMPORT_SCRIPT = r"""
