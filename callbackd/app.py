@@ -303,14 +303,14 @@ class Daemon:
     async def _wait_for_database(self, engine: Any) -> tuple[str | None, bool]:
         """Migrate if behind (Alembic only then); while the database does not answer (or is
         locked), retry with back-off, forever."""
-        from sqlalchemy.exc import InterfaceError, OperationalError
-
         backoff = self.backoff()
         failures = 0
         while True:
             try:
                 return await db.ensure_current(engine)
-            except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                if not db.database_away(exc):
+                    raise
                 failures += 1
                 error = (str(getattr(exc, "orig", None) or exc).splitlines() or ["error"])[0][:200]
                 delay = backoff.delay(failures, random.random())

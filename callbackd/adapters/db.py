@@ -157,3 +157,20 @@ async def ensure_current(engine: AsyncEngine) -> tuple[str | None, bool]:
         return found, False
     await upgrade(engine)
     return await current_revision(engine), True
+
+
+# SQLSTATE classes of a server that is there but not taking us now: 08 connection exception,
+# 53 insufficient resources (too many connections), 57 operator intervention (shutting down,
+# starting up), 55 object not in prerequisite state ("not currently accepting connections"),
+# 3D invalid catalog name (the database is not created yet).
+AWAY_SQLSTATE_CLASSES = ("08", "53", "57", "55", "3D")
+
+
+def database_away(exc: BaseException) -> bool:
+    """Is this a database that does not answer (worth waiting for), not one refusing our SQL?"""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(exc, DBAPIError) and isinstance(state, str) and state[:2] in AWAY_SQLSTATE_CLASSES

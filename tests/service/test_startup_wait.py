@@ -117,3 +117,31 @@ def test_without_the_database_it_waits_for_it(tmp_path, notify):
     finally:
         code = stop(proc)
     assert code == 0, out.read_text()  # SIGTERM while waiting: a clean stop
+
+
+def test_a_postgresql_database_refusing_connections_is_waited_for(tmp_path, notify):
+    """``ALLOW_CONNECTIONS false`` (a fail-over, maintenance) answers with an SQL error, not a refused
+    socket: still a database that is away, so the daemon waits instead of exiting."""
+    import asyncio
+
+    from dbfaults import pg_database, pg_refuse
+
+    async def scenario() -> tuple[int, str, list[str]]:
+        async with pg_database() as url:
+            await pg_refuse(url)
+            out = tmp_path / "out.log"
+            proc = start(config(tmp_path, free_port(), url), notify, out)
+            try:
+                first = await asyncio.to_thread(notify.wait_for, "STATUS=waiting for the database", 15)
+                await asyncio.sleep(4)
+                alive = proc.poll() is None
+                assert alive, out.read_text()
+            finally:
+                await pg_refuse(url, refuse=False)
+                code = stop(proc)
+            return code, first, notify.lines("STATUS=waiting for the database")
+
+    code, first, waits = asyncio.run(scenario())
+    assert "not currently accepting connections" in first, first
+    assert len(waits) >= 2, waits
+    assert code == 0
