@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from callbackd.adapters.db import transient
 from callbackd.adapters.spool import Recovery, Spool, Spooled, SpoolFull, as_dict
 from callbackd.adapters.store import ContactResult, Store
 from callbackd.domain.detection import Answered, CallEnded, CallTrack, Missed, OutboundAnswered
@@ -78,18 +78,6 @@ def parse_caller_id_or_none(raw: str, region: str) -> str | None:
     except InvalidNumber:
         return None
     return str(number) if number is not None else None
-
-
-def transient(exc: BaseException) -> bool:
-    """A database that is away (refused, killed, locked, timed out), as opposed to one refusing the data."""
-    if isinstance(exc, IntegrityError | DataError):
-        return False
-    # asyncpg's data and constraint errors reach SQLAlchemy as a bare DBAPIError: their SQLSTATE
-    # class tells them (22: data exception, 23: integrity constraint violation).
-    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    if isinstance(state, str) and state[:2] in ("22", "23"):
-        return False
-    return isinstance(exc, DBAPIError | OSError | TimeoutError | ConnectionError)
 
 
 @dataclass

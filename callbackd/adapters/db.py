@@ -159,7 +159,23 @@ async def ensure_current(engine: AsyncEngine) -> tuple[str | None, bool]:
     return await current_revision(engine), True
 
 
-# SQLSTATE classes of a server that is there but not taking us now: 08 connection exception,
+def transient(exc: BaseException) -> bool:
+    """For a write: a database that is away (refused, killed, locked, timed out), as opposed to one
+    refusing the data. Wide on purpose: the intake spools on anything but a refusal, and replays."""
+    from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+
+    if isinstance(exc, IntegrityError | DataError):
+        return False
+    # asyncpg's data and constraint errors reach SQLAlchemy as a bare DBAPIError: their SQLSTATE
+    # class tells them (22: data exception, 23: integrity constraint violation).
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(state, str) and state[:2] in ("22", "23"):
+        return False
+    return isinstance(exc, DBAPIError | OSError | TimeoutError | ConnectionError)
+
+
+# At start-up, narrower than transient(): only what waiting can cure. SQLSTATE classes of a server
+# that is there but not taking us now: 08 connection exception,
 # 53 insufficient resources (too many connections), 57 operator intervention (shutting down,
 # starting up), 55 object not in prerequisite state ("not currently accepting connections"),
 # 3D invalid catalog name (the database is not created yet).

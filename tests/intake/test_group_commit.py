@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from test_durable_intake import ALWAYS, abandon, ami_event, rows, until
 
 from callbackd.adapters import models as m
+from callbackd.adapters.db import transient
 from callbackd.adapters.spool import Spool
-from callbackd.intake import transient
 
 
 async def test_a_burst_is_stored_in_batches_exactly_once_with_merges_inside_a_batch(tmp_path, db_url):
