@@ -98,7 +98,7 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # Libraries that use stdlib logging (panoramisk, uvicorn, alembic) go through the same renderer.
+    # Libraries that use stdlib logging (panoramisk, hypercorn, alembic) go through the same renderer.
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

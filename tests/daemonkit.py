@@ -97,6 +97,23 @@ class NotifySocket:
             time.sleep(0.05)
         raise AssertionError(f"no {prefix}... on the notify socket within {timeout} s; got {self.lines()}")
 
+    def times(self, line: str) -> list[float]:
+        """When each message equal to *line* came (seconds since the epoch)."""
+        return [t for t, m in list(self.messages) if m == line]
+
+    async def arrival(self, line: str, timeout: float, after: float = 0.0) -> float:
+        """When *line* first came at or after *after*, waiting up to *timeout* without blocking the loop."""
+        import asyncio
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [t for t in self.times(line) if t >= after]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {line} on the notify socket within {timeout} s; got {self.lines()}")
+
     def close(self) -> None:
         import shutil
 

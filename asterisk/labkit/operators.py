@@ -63,40 +63,21 @@ def start_operator(name: str, behaviour_text: str, force: bool = False) -> dict:
         raise LabError(
             f"UDP port {port} for {name} is taken by {port_owner(port, 'udp') or 'another process'}"
         )
-    scenario = SIPP_DIR / OPERATOR_BEHAVIOURS[behaviour]
+    extra = ["-recv_timeout", str(int(hangup * 1000))] if hangup > 0 else []
+    return spawn_phone(name, port, OPERATOR_BEHAVIOURS[behaviour], info, trace, extra)
+
+
+def spawn_phone(name: str, port: int, scenario: str, info: dict, trace: bool, extra: list[str]) -> dict:
+    """Start one SIPp phone (``scenario`` in sipp/) on ``port``, record it in phones/NAME.json and
+    wait until it has bound the port; its errors and (with ``trace``) its messages go to phones/."""
     logdir = state_path("phones")
     logdir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        "sipp",
-        "-sf",
-        str(scenario),
-        "-i",
-        LOCALHOST,
-        "-p",
-        str(port),
-        "-s",
-        name,
-        "-nostdin",
-        "-trace_err",
-        "-error_file",
-        str(logdir / f"{name}.errors.log"),
-        "-error_overwrite",
-        "false",
-        "-max_log_size",
-        "10000000",
-        "-deadcall_wait",
-        "5000",
-    ]
-    if hangup > 0:
-        cmd += ["-recv_timeout", str(int(hangup * 1000))]
+    cmd = ["sipp", "-sf", str(SIPP_DIR / scenario), "-i", LOCALHOST, "-p", str(port), "-s", name]
+    cmd += ["-nostdin", "-trace_err", "-error_file", str(logdir / f"{name}.errors.log")]
+    cmd += ["-error_overwrite", "false", "-max_log_size", "10000000", "-deadcall_wait", "5000", *extra]
     if trace:
-        cmd += [
-            "-trace_msg",
-            "-message_file",
-            str(logdir / f"{name}.messages.log"),
-            "-message_overwrite",
-            "false",
-        ]
+        cmd += ["-trace_msg", "-message_file", str(logdir / f"{name}.messages.log")]
+        cmd += ["-message_overwrite", "false"]
     with open(logdir / f"{name}.out", "ab") as err:
         proc = subprocess.Popen(
             cmd,
@@ -106,8 +87,7 @@ def start_operator(name: str, behaviour_text: str, force: bool = False) -> dict:
             cwd=logdir,
             start_new_session=True,
         )
-    info["pid"] = proc.pid
-    info["scenario"] = str(scenario)
+    info = {**info, "pid": proc.pid, "scenario": str(SIPP_DIR / scenario)}
     write_json(state_path("phones", f"{name}.json"), info)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -145,45 +125,8 @@ def start_more_operators(n: int) -> dict:
             f"UDP port {port} for op3..op{n} is taken by {port_owner(port, 'udp') or 'another process'}"
         )
     trace = bool(os.environ.get("CALLBACKD_LAB_SIPP_TRACE"))
-    logdir = state_path("phones")
-    logdir.mkdir(parents=True, exist_ok=True)
-    cmd = ["sipp", "-sf", str(SIPP_DIR / OPERATOR_BEHAVIOURS["answer"]), "-i", LOCALHOST, "-p", str(port)]
-    cmd += ["-s", name, "-nostdin", "-trace_err", "-error_file", str(logdir / f"{name}.errors.log")]
-    cmd += ["-error_overwrite", "false", "-max_log_size", "10000000", "-deadcall_wait", "5000"]
-    if trace:
-        cmd += [
-            "-trace_msg",
-            "-message_file",
-            str(logdir / f"{name}.messages.log"),
-            "-message_overwrite",
-            "false",
-        ]
-    with open(logdir / f"{name}.out", "ab") as err:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=logdir,
-            start_new_session=True,
-        )
-    info = {
-        "name": name,
-        "port": port,
-        "behaviour": "answer",
-        "pid": proc.pid,
-        "operators": n,
-        "trace": trace,
-    }
-    write_json(state_path("phones", f"{name}.json"), info)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LabError(f"sipp for op3..op{n} exited at start (code {proc.returncode})")
-        if udp_port_bound(port):
-            return info
-        time.sleep(0.05)
-    raise LabError(f"sipp for op3..op{n} did not bind UDP {LOCALHOST}:{port}")
+    info = {"name": name, "port": port, "behaviour": "answer", "operators": n, "trace": trace}
+    return spawn_phone(name, port, OPERATOR_BEHAVIOURS["answer"], info, trace, [])
 
 
 def stop_more_operators() -> None:

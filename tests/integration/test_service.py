@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import signal
 import socket
-import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from daemonkit import NotifySocket
 from labdaemon import DaemonProcess, cli, lab_config, requests_json
 
 pytestmark = pytest.mark.lab
@@ -62,60 +59,13 @@ async def exited(daemon: DaemonProcess, timeout: float) -> int:
     return await asyncio.to_thread(daemon.proc.wait, timeout)
 
 
-class NotifySocket:
-    """The service manager's side of sd_notify: an AF_UNIX datagram socket, every message timed."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="cbd-notify-")  # short: sun_path holds 108 bytes
-        self.path = os.path.join(self.dir, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            for line in data.decode().splitlines():
-                self.messages.append((time.time(), line))
-
-    def times(self, line: str) -> list[float]:
-        return [t for t, m in list(self.messages) if m == line]
-
-    def lines(self) -> list[str]:
-        return [m for _, m in list(self.messages)]
-
-    async def wait_for(self, line: str, timeout: float, after: float = 0.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [t for t in self.times(line) if t >= after]
-            if found:
-                return found[0]
-            await asyncio.sleep(0.05)
-        pytest.fail(f"no {line} on the notify socket within {timeout} s; got {self.lines()}")
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 async def test_notify_ready_after_login_and_migration_then_watchdog_reload_and_stopping(lab, fresh, tmp_path):
     notify = NotifySocket()
     daemon = DaemonProcess(
         lab_config(tmp_path), env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000"}
     )
     try:
-        ready_at = await notify.wait_for("READY=1", 30)
+        ready_at = await notify.arrival("READY=1", 30)
         login = await wait(daemon, "ami.login", 5)
         migrated = await wait(daemon, "db.migrated", 5)
         # READY comes only once AMI is logged in and the database is migrated.
@@ -132,15 +82,15 @@ async def test_notify_ready_after_login_and_migration_then_watchdog_reload_and_s
         # SIGHUP: RELOADING=1 (with the monotonic time systemd 253+ wants), then READY=1 again.
         hup_at = time.time()
         daemon.proc.send_signal(signal.SIGHUP)
-        reloading = await notify.wait_for("RELOADING=1", 5, after=hup_at)
+        reloading = await notify.arrival("RELOADING=1", 5, after=hup_at)
         assert any(m.startswith("MONOTONIC_USEC=") for m in notify.lines())
-        again = await notify.wait_for("READY=1", 5, after=reloading)
+        again = await notify.arrival("READY=1", 5, after=reloading)
         assert again >= reloading
         await wait(daemon, "config.reloaded", 5)
 
         term_at = time.time()
         daemon.proc.send_signal(signal.SIGTERM)
-        await notify.wait_for("STOPPING=1", 10, after=term_at)
+        await notify.arrival("STOPPING=1", 10, after=term_at)
         assert await exited(daemon, 40) == 0
         assert notify.times("READY=1")[0] == ready_at  # no READY before the first one we saw
     finally:
