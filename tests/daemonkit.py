@@ -121,3 +121,21 @@ class NotifySocket:
         self._thread.join(2)
         self.sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_callbackd(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
+    """``python -m callbackd ARGS`` from the repository, without the caller's CALLBACKD_* variables."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CALLBACKD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "callbackd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**clean, **(env or {})},
+    )

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from daemonkit import run_callbackd
 
 from callbackd import cli
 
@@ -19,15 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def callbackd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CALLBACKD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "callbackd", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={**clean, "LC_ALL": "C", "PYTHONIOENCODING": "ascii", **(env or {})},
-    )
+    # An ASCII locale: the output must be UTF-8 whatever the terminal says.
+    return run_callbackd(*args, env={"LC_ALL": "C", "PYTHONIOENCODING": "ascii", **(env or {})})
 
 
 @pytest.fixture(scope="module")

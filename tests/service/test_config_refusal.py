@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
+from daemonkit import run_callbackd
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,15 +50,7 @@ def write(tmp_path: Path, port: int, secret: str | None, mode: int) -> Path:
 
 
 def callbackd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CALLBACKD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "callbackd", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**clean, **(env or {})},
-    )
+    return run_callbackd(*args, env=env)
 
 
 @pytest.mark.parametrize("command", ["check-config", "run"])
