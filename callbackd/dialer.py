@@ -9,6 +9,7 @@ the actions it returns. Rules kept here (each in one place):
 - the attempt row is written before the Originate is sent, and panoramisk never
   re-sends an Originate, so a crash or reconnect cannot dial twice;
 - a launch that fails gives its own request back, and the batch goes on;
+- no attempt starts outside its hours: the store checks them again as it writes the attempt;
 - an outcome that cannot be stored is kept (in memory and in the status) and
   written again until it is.
 """
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import structlog
 
 from callbackd.adapters.ami import AmiClient, AmiError
-from callbackd.adapters.store import Finished, Store
+from callbackd.adapters.store import Finished, OutsideHours, Store
 from callbackd.config import DialerConfig
 from callbackd.domain.attempts import (
     Action,
@@ -234,6 +235,10 @@ class Dialer:
         self.pool.reserve(operator, now.timestamp())
         try:
             row = await self.store.start_attempt(req.id, operator, now, token=req.claim_token)
+        except OutsideHours:  # claimed just before closing; the store put it back for the next opening
+            self.pool.release(operator)
+            log.info("attempt.hours_ended", request_id=req.id)
+            return
         except Exception as exc:
             self.pool.release(operator)
             log.warning(

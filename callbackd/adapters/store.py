@@ -107,6 +107,11 @@ class NotFound(LookupError):
     pass
 
 
+class OutsideHours(Exception):
+    """The hours of the claimed request ended between its claim and its attempt: nothing was
+    started, and the request waits again for its next opening."""
+
+
 class NumberHasOpenRequest(IllegalTransition):
     """Reopening would give the number a second open request; there is one per number."""
 
@@ -517,29 +522,44 @@ class Store:
     async def start_attempt(
         self, request_id: int, operator: str, now: datetime, *, token: str | None
     ) -> m.Attempt:
-        """Written before the Originate is sent: a crash after this is reconciled, never redialled."""
+        """Written before the Originate is sent: a crash after this is reconciled, never redialled.
+
+        The hours are checked again here, at the time the attempt is stamped with: the claim
+        may have been taken just before they ended. Then the request goes back to wait for its
+        next opening and :class:`OutsideHours` is raised.
+        """
         async with self.session() as s, s.begin():
             req = await s.get(m.Request, request_id, with_for_update=True)
             if req is None or req.status != RequestStatus.DIALLING or req.claim_token != token:
                 raise NotFound(f"request {request_id} is not claimed by this claim")
-            attempt_id = uuid.uuid4().hex
-            row = m.Attempt(
-                id=attempt_id,
-                request_id=request_id,
-                try_no=req.attempts_made + 1,
-                operator=operator,
-                channel_id=f"{CALLBACK_CHANNEL_PREFIX}{attempt_id}",
-                number=req.number,
-                status=AttemptStatus.DIALLING.value,
-                counted=False,
-                started_at=now,
-                node=self.node,
-                claim_token=token,
-                lease_until=now + self.attempt_lease,
-                pbx=self.pbx,
-            )
-            s.add(row)
-            return row
+            if not self.schedule.hours_for(req.client_zones or (), req.queue).is_open(now):
+                _apply(req, RequestEvent.RETRY_LATER, now)
+                await self._defer_to_client_hours(s, request_id, req.client_zones or [], now, req.queue)
+                row: m.Attempt | None = None
+            else:
+                row = self._attempt_row(req, operator, now, token)
+                s.add(row)
+        if row is None:  # raised after the commit, so the deferral is kept
+            raise OutsideHours(f"request {request_id}: its hours ended before the attempt")
+        return row
+
+    def _attempt_row(self, req: m.Request, operator: str, now: datetime, token: str | None) -> m.Attempt:
+        attempt_id = uuid.uuid4().hex
+        return m.Attempt(
+            id=attempt_id,
+            request_id=req.id,
+            try_no=req.attempts_made + 1,
+            operator=operator,
+            channel_id=f"{CALLBACK_CHANNEL_PREFIX}{attempt_id}",
+            number=req.number,
+            status=AttemptStatus.DIALLING.value,
+            counted=False,
+            started_at=now,
+            node=self.node,
+            claim_token=token,
+            lease_until=now + self.attempt_lease,
+            pbx=self.pbx,
+        )
 
     async def mark_attempt(self, attempt_id: str, status: AttemptStatus, **fields: object) -> bool:
         """Store an attempt's progress. False when its request no longer wants the call

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from callbackd.adapters import db
-from callbackd.adapters.store import Store
+from callbackd.adapters.store import OutsideHours, Store
 from callbackd.app import CLAIM_LEASE
 from callbackd.domain.calendar import BusinessCalendar, ClientWindow
 from callbackd.domain.intake import Contact, IntakeRules, Source, decide
@@ -227,3 +227,26 @@ async def test_a_bad_keyed_time_is_asked_again_then_as_soon_as_possible(desk, ty
     assert caller.sent.count('STREAM FILE please-try-again ""') == 2
     [req] = await desk.list_requests()
     assert not req.time_chosen and req.preferred_at is None
+
+
+async def test_an_attempt_is_not_started_once_the_hours_have_ended_since_the_claim(desk):
+    # Claimed 50 ms before the client's evening ends; the attempt would start 60 ms after it
+    # (a slow turn of the dialer, a busy database). The store refuses that start and puts the
+    # request back for the next morning, so no attempt row is stamped outside the hours.
+    due = datetime(2026, 3, 3, 20, 59, tzinfo=VLADIVOSTOK)
+    c = abandon("v5", "+74232123456", due)
+    res = await desk.record_contact(c, decide(c, RULES))
+    closing = datetime(2026, 3, 3, 21, 0, tzinfo=VLADIVOSTOK)
+    [req] = await desk.claim_due(closing - timedelta(milliseconds=50), 5)
+    with pytest.raises(OutsideHours):
+        late = closing + timedelta(milliseconds=60)
+        await desk.start_attempt(req.id, "PJSIP/op1", late, token=req.claim_token)
+    req, attempts, _ = await desk.get_request(res.request_id)
+    assert attempts == []
+    assert req.status == RequestStatus.OPEN and req.attempts_made == 0
+    assert req.due_at == datetime(2026, 3, 4, 9, 0, tzinfo=VLADIVOSTOK)
+    assert req.wait_reason == "client_hours"
+    # The next morning it is claimed and started as usual.
+    [again] = await desk.claim_due(req.due_at, 5)
+    att = await desk.start_attempt(again.id, "PJSIP/op1", req.due_at, token=again.claim_token)
+    assert att.try_no == 1
