@@ -265,8 +265,14 @@ class Soak:
             await outage
 
     async def settle(self, timeout: float) -> bool:
-        """Wait until no request is open or dialling and no call is up."""
+        """Wait until no request is open or dialling and no call is up.
+
+        Gives up after *timeout* seconds in which no request closed: with two operators, a
+        burst's backlog can take longer than any fixed wait, and stopping the daemon mid-call
+        leaves attempts in flight that are the harness's doing, not the daemon's.
+        """
         deadline = time.monotonic() + timeout
+        last_n: int | None = None
         while time.monotonic() < deadline:
             await asyncio.sleep(3)
             query = "SELECT count(*) FROM requests WHERE status IN ('open','dialling')"
@@ -280,6 +286,9 @@ class Soak:
                 open_n = (await pg_fetch(self.pg_url, query))[0][0]
             if open_n == 0 and not spool_lines(self.work):
                 return True
+            if last_n is not None and open_n < last_n:
+                deadline = time.monotonic() + timeout
+            last_n = open_n
         return False
 
     async def run(self, rate: float, settle: float) -> dict:
@@ -307,8 +316,9 @@ class Soak:
             await self.traffic(rate)
             settled = await self.settle(settle)
         finally:
-            stop_second_daemon(self)
-            code = self.daemon.stop() if self.daemon else None
+            # In threads: the AMI proxy runs on this loop, and a daemon draining its calls needs it.
+            await asyncio.to_thread(stop_second_daemon, self)
+            code = await asyncio.to_thread(self.daemon.stop) if self.daemon else None
             await watch.close()
         if self.pg_url is not None:
             await pg_to_sqlite(self.pg_url, self.db_path)
@@ -800,7 +810,9 @@ def main() -> int:
     p.add_argument("--kills", type=int, default=10)
     p.add_argument("--asterisk-restarts", type=int, default=2)
     p.add_argument("--rate", type=float, default=1.0, help="seconds between calls")
-    p.add_argument("--settle", type=float, default=300)
+    p.add_argument(
+        "--settle", type=float, default=300, help="give up after this many seconds with no request closed"
+    )
     p.add_argument("--seed", type=int, default=int(time.time()))
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "out" / "soak.json")
