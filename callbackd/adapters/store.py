@@ -864,8 +864,8 @@ class IntakeBatch:
     items change it, in order: a contact merges into the request an earlier item of the batch
     opened, a recovery closes it, a contact seen twice is stored once. Contact and call rows go
     in by one INSERT each at :meth:`finish`, before the commit; requests stay ORM rows, so the
-    webhook outbox sees their changes. With webhook endpoints, each contact's request change is
-    flushed on its own, as the item-by-item path does, so each makes its own events.
+    webhook outbox sees their changes. With webhook endpoints, each item's request change is
+    flushed on its own, so each makes its own events, in the order of the items.
     """
 
     def __init__(self, store: Store, s: AsyncSession) -> None:
@@ -968,6 +968,8 @@ class IntakeBatch:
         _apply(req, RequestEvent.RECOVER, now)
         req.close_reason = how
         self._open[number] = None
+        if self._each:
+            await self.s.flush()
         return [req.id]
 
     def add_call(self, row: dict[str, Any]) -> None:
