@@ -25,11 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from callbackd.adapters.db import transient
 from callbackd.adapters.spool import Recovery, Spool, Spooled, SpoolFull, as_dict
-from callbackd.adapters.store import ContactResult, Store
+from callbackd.adapters.store import ContactResult, IntakeBatch, Store
 from callbackd.domain.detection import Answered, CallEnded, CallTrack, Missed, OutboundAnswered
 from callbackd.domain.errors import IntakeUnavailable, InvalidNumber
 from callbackd.domain.intake import (
@@ -70,6 +69,10 @@ def utcnow() -> datetime:
 
 def _nothing() -> None:
     pass
+
+
+def _no_result() -> None:
+    return None
 
 
 def parse_caller_id_or_none(raw: str, region: str) -> str | None:
@@ -300,14 +303,16 @@ class IntakeService:
         """Store *jobs* in one transaction. If the database is away they are spooled, in order.
         If it refuses the batch, none of it is kept and each job is taken again on its own (its
         own transaction), so one bad item costs the batch its group commit, never the others."""
-        done: list[tuple[_Job, ContactResult | None, Callable[[], None]]] = []
+        done: list[tuple[_Job, Callable[[], ContactResult | None], Callable[[], None]]] = []
         try:
             async with self.store.unit() as s:
-                calls: list[dict[str, Any]] = []
+                batch = self.store.batch(s)
+                numbers, contacts, decisions = self._batch_reads(jobs)
+                await batch.prefetch(numbers, contacts)
                 for job in jobs:
-                    result, after = await self._store_in(job.entry, s, calls)
+                    result, after = await self._store_in(job.entry, batch, decisions.get(id(job.entry)))
                     done.append((job, result, after))
-                await self.store.insert_calls(s, calls)
+                await batch.finish()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -330,7 +335,25 @@ class IntakeService:
         self._link_up()
         for job, result, after in done:
             after()
-            self._finish(job, result)
+            self._finish(job, result())
+
+    def _batch_reads(self, jobs: list[_Job]) -> tuple[set[str], list[Contact], dict[int, Decision]]:
+        """The numbers a batch's contacts and recoveries touch, its contacts, and their decisions."""
+        numbers: set[str] = set()
+        contacts: list[Contact] = []
+        decisions: dict[int, Decision] = {}
+        for job in jobs:
+            item = job.entry.item
+            if isinstance(item, Contact):
+                decision = decisions[id(job.entry)] = decide(item, self.rules)
+                contacts.append(item)
+                if decision.number is not None:
+                    numbers.add(str(decision.number))
+            elif isinstance(item, Recovery):
+                parsed = parse_caller_id_or_none(item.raw_number, self.rules.region)
+                if parsed is not None:
+                    numbers.add(parsed)
+        return numbers, contacts, decisions
 
     async def _take(self, job: _Job) -> None:
         if len(self.spool):  # something older waits for the database: keep the order
@@ -443,43 +466,54 @@ class IntakeService:
         """One item in its own transaction."""
         result, after = await self._store_in(entry)
         after()
-        return result
+        return result()
 
     async def _store_in(
-        self, entry: Spooled, s: AsyncSession | None = None, calls: list[dict[str, Any]] | None = None
-    ) -> tuple[ContactResult | None, Callable[[], None]]:
-        """Store *entry* (in *s*'s transaction when given; a call row then goes to *calls*, written
-        by the caller before its commit). Returns the result and what to tell once it is committed."""
+        self, entry: Spooled, batch: IntakeBatch | None = None, decision: Decision | None = None
+    ) -> tuple[Callable[[], ContactResult | None], Callable[[], None]]:
+        """Store *entry* (as part of *batch* when given, written by its ``finish`` before the commit).
+        Returns what gives its result once written, and what to tell once it is committed."""
         item = entry.item
         if isinstance(item, Contact):
-            decision = decide(item, self.rules)
+            if decision is None:
+                decision = decide(item, self.rules)
             # Over the limits: refused only if it would open a new request (a merge adds no call).
-            if entry.refusal and not (
-                decision.number and await self.store.has_open_request(str(decision.number), s)
-            ):
+            if entry.refusal and not (decision.number and await self._has_open(str(decision.number), batch)):
                 decision = limit(decision, entry.refusal)
             if decision.disposition is Disposition.RATE_LIMITED and item.source in WEB_SOURCES:
-                return ContactResult(None, None, disposition=decision.disposition), _nothing
-            return await self.store.record_contact(item, decision, s), _nothing
+                refused = ContactResult(None, None, disposition=decision.disposition)
+                return lambda: refused, _nothing
+            if batch is not None:
+                return await batch.record_contact(item, decision), _nothing
+            stored = await self.store.record_contact(item, decision)
+            return lambda: stored, _nothing
         if isinstance(item, CallTrack):
             number = parse_caller_id_or_none(item.caller_num, self.rules.region)
             miss = item.missed.value if item.missed else None
-            if calls is None:
+            if batch is None:
                 await self.store.record_call(item, number)
             else:
-                calls.append(self.store.call_row(item, number))
-            return None, lambda: self.on_call(miss)
+                batch.add_call(self.store.call_row(item, number))
+            return _no_result, lambda: self.on_call(miss)
         parsed = parse_caller_id_or_none(item.raw_number, self.rules.region)
         if parsed is None:
-            return None, _nothing
-        closed = await self.store.recover(parsed, item.at, item.how, s)
+            return _no_result, _nothing
+        if batch is None:
+            closed = await self.store.recover(parsed, item.at, item.how)
+        else:
+            closed = await batch.recover(parsed, item.at, item.how)
 
         def told() -> None:
             self.on_recovered(item.how, len(closed))
             if closed:
                 log.info("request.recovered", request_ids=closed, number=self._num(parsed), how=item.how)
 
-        return None, told
+        return _no_result, told
+
+    async def _has_open(self, number: str, batch: IntakeBatch | None) -> bool:
+        if batch is None:
+            return await self.store.has_open_request(number)
+        return await batch.has_open_request(number)
 
     def _finish(self, job: _Job, result: ContactResult | None) -> None:
         item = job.entry.item

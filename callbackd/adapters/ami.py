@@ -88,7 +88,10 @@ def parse_event(block: str) -> dict[str, str] | None:
     lowered = set(map(str.lower, out))
     if len(lowered) != n or not _SLOW_KEYS.isdisjoint(lowered) or out["Event"].lower() == "shutdown":
         return None
-    if _CONTROL.search(block.replace(_EOL, "")):  # one C pass: cheaper than a regex with look-arounds
+    # ASCII and printable once the line ends are gone: no control character (two C passes, cheaper
+    # than the regex); anything else is searched for them.
+    text = block.replace(_EOL, "")
+    if not (text.isascii() and text.isprintable()) and _CONTROL.search(text):
         return {_CONTROL.sub("", k): _CONTROL.sub("", v) for k, v in out.items()}
     return out
 

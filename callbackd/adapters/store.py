@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -202,73 +202,22 @@ class Store:
         if s is None:
             async with self.session() as s, s.begin():
                 return await self._record_contact(contact, decision, s)
-        if contact.chosen_local is not None and decision.number is not None:
-            zones = self.schedule.zones_for(E164.trusted(decision.number), contact.client_tz)
-            at = self.schedule.next_chosen(contact.chosen_local, contact.at, zones)
-            contact = replace(contact, preferred_at=at, time_chosen=True, chosen_local=None)
-        seen = (
-            await s.execute(
-                _SEEN_CONTACT,
-                {
-                    "pbx": dedup_scope(contact.source, self.pbx),
-                    "source": contact.source.value,
-                    "ref": contact.source_ref[:128],
-                },
-            )
-        ).first()
+        contact = self._with_chosen_time(contact, decision)
+        pbx, source, ref = self._key(contact)
+        seen = (await s.execute(_SEEN_CONTACT, {"pbx": pbx, "source": source, "ref": ref})).first()
         if seen is not None:
             return ContactResult(seen.id, seen.request_id, duplicate=True)
-        row = m.Contact(
-            pbx=dedup_scope(contact.source, self.pbx),
-            source=contact.source.value,
-            source_ref=contact.source_ref[:128],
-            raw_number=contact.raw_number[:64],
-            number=decision.number,
-            name=decision.name,
-            reason=contact.reason,
-            waited=contact.waited,
-            comment=contact.comment[:2000],
-            at=contact.at,
-            disposition=decision.disposition.value,
-            detail=decision.detail[:120],
-        )
+        row = m.Contact(**self._contact_values(contact, decision))
         # The row goes in once its request is known: one INSERT (and one UPDATE of a merged
         # request) in one flush, not an INSERT and then an UPDATE of its request_id.
         created = merged = False
         if decision.schedules and decision.number is not None:
             req = (await s.execute(_OPEN_REQUESTS, {"number": decision.number})).scalar_one_or_none()
             if req is None:
-                req = self._new_request(contact, decision)
-                s.add(req)
+                req = await self._open_new(s, contact, decision)
                 created = True
-                await s.flush()
-                _log_plan(req.id, req.number, self._plan_of(req), req.client_zones or ())
             else:
-                req.contact_count += 1
-                if contact.source.value not in req.sources:
-                    req.sources = [*req.sources, contact.source.value]
-                if not req.name and decision.name:
-                    req.name = decision.name
-                if contact.comment:
-                    req.note = (req.note + "\n" + contact.comment).strip()[:4000]
-                if contact.did:
-                    req.did = contact.did[:64]  # the number they dialled last
-                if contact.queue:
-                    req.queue = contact.queue[:64]  # the queue they waited in last
-                req.updated_at = contact.at
-                if req.status == RequestStatus.OPEN:  # a request being dialled gets its due at the end
-                    req.due_at = self.schedule.merged_due(
-                        req.due_at,
-                        contact.at,
-                        contact.preferred_at,
-                        spread_key=str(decision.number),
-                        client_zones=req.client_zones or (),
-                        kept_choice=req.time_chosen,
-                        new_choice=contact.time_chosen,
-                        queue=req.queue,
-                    )
-                    if contact.time_chosen and contact.preferred_at is not None:
-                        req.preferred_at, req.time_chosen = contact.preferred_at, True
+                self._merge(req, contact, decision)
                 merged = True
             row.request_id = req.id
         s.add(row)
@@ -276,6 +225,71 @@ class Store:
         return ContactResult(
             row.id, row.request_id, created=created, merged=merged, disposition=decision.disposition
         )
+
+    def _key(self, contact: Contact) -> tuple[str, str, str]:
+        """What a contact is stored once per: (pbx, source, source_ref)."""
+        return dedup_scope(contact.source, self.pbx), contact.source.value, contact.source_ref[:128]
+
+    def _with_chosen_time(self, contact: Contact, decision: Decision) -> Contact:
+        if contact.chosen_local is None or decision.number is None:
+            return contact
+        zones = self.schedule.zones_for(E164.trusted(decision.number), contact.client_tz)
+        at = self.schedule.next_chosen(contact.chosen_local, contact.at, zones)
+        return replace(contact, preferred_at=at, time_chosen=True, chosen_local=None)
+
+    def _contact_values(self, contact: Contact, decision: Decision) -> dict[str, Any]:
+        pbx, source, ref = self._key(contact)
+        return {
+            "pbx": pbx,
+            "source": source,
+            "source_ref": ref,
+            "raw_number": contact.raw_number[:64],
+            "number": decision.number,
+            "name": decision.name,
+            "reason": contact.reason,
+            "waited": contact.waited,
+            "comment": contact.comment[:2000],
+            "at": contact.at,
+            "disposition": decision.disposition.value,
+            "detail": decision.detail[:120],
+            "request_id": None,
+        }
+
+    async def _open_new(self, s: AsyncSession, contact: Contact, decision: Decision) -> m.Request:
+        """A new request for the contact, flushed (its id is the contact row's request_id)."""
+        req = self._new_request(contact, decision)
+        s.add(req)
+        await s.flush()
+        _log_plan(req.id, req.number, self._plan_of(req), req.client_zones or ())
+        return req
+
+    def _merge(self, req: m.Request, contact: Contact, decision: Decision) -> None:
+        """The contact joins the number's open request."""
+        req.contact_count += 1
+        if contact.source.value not in req.sources:
+            req.sources = [*req.sources, contact.source.value]
+        if not req.name and decision.name:
+            req.name = decision.name
+        if contact.comment:
+            req.note = (req.note + "\n" + contact.comment).strip()[:4000]
+        if contact.did:
+            req.did = contact.did[:64]  # the number they dialled last
+        if contact.queue:
+            req.queue = contact.queue[:64]  # the queue they waited in last
+        req.updated_at = contact.at
+        if req.status == RequestStatus.OPEN:  # a request being dialled gets its due at the end
+            req.due_at = self.schedule.merged_due(
+                req.due_at,
+                contact.at,
+                contact.preferred_at,
+                spread_key=str(decision.number),
+                client_zones=req.client_zones or (),
+                kept_choice=req.time_chosen,
+                new_choice=contact.time_chosen,
+                queue=req.queue,
+            )
+            if contact.time_chosen and contact.preferred_at is not None:
+                req.preferred_at, req.time_chosen = contact.preferred_at, True
 
     async def has_open_request(self, number: str, s: AsyncSession | None = None) -> bool:
         """Whether a contact for ``number`` would merge rather than open a new request."""
@@ -374,6 +388,10 @@ class Store:
         session to the methods that take one; committed at the end, rolled back on any error."""
         async with self.session() as s, s.begin():
             yield s
+
+    def batch(self, s: AsyncSession) -> IntakeBatch:
+        """The intake items of one :meth:`unit`, written with a few statements per batch."""
+        return IntakeBatch(self, s)
 
     async def recover(self, number: str, now: datetime, how: str, s: AsyncSession | None = None) -> list[int]:
         """Close the number's open request: the client was reached another way."""
@@ -836,6 +854,145 @@ class Store:
         async with self.session() as s:
             rows = await s.execute(select(m.Request.status, func.count()).group_by(m.Request.status))
             return {status: n for status, n in rows}
+
+
+class IntakeBatch:
+    """The intake writer's group commit, written with a few statements per batch, not per item.
+
+    What the items ask of the database is read once for the whole batch (:meth:`prefetch`: the
+    contacts already stored, the open request of each number, locked), then kept here as the
+    items change it, in order: a contact merges into the request an earlier item of the batch
+    opened, a recovery closes it, a contact seen twice is stored once. Contact and call rows go
+    in by one INSERT each at :meth:`finish`, before the commit; requests stay ORM rows, so the
+    webhook outbox sees their changes. With webhook endpoints, each item's request change is
+    flushed on its own, so each makes its own events, in the order of the items.
+    """
+
+    def __init__(self, store: Store, s: AsyncSession) -> None:
+        self.store = store
+        self.s = s
+        self._open: dict[str, m.Request | None] = {}  # number -> its open request (None: none)
+        self._seen: dict[tuple[str, str, str], _Stored] = {}  # contacts stored, or to be, by key
+        self._seen_read: set[tuple[str, str, str]] = set()  # keys the database was asked about
+        self._rows: list[dict[str, Any]] = []
+        self._new: list[_Stored] = []
+        self._calls: list[dict[str, Any]] = []
+        outbox = store.outbox
+        self._each = bool(outbox is not None and getattr(outbox, "endpoints", ()))
+
+    async def prefetch(self, numbers: Collection[str], contacts: Collection[Contact]) -> None:
+        """Read what the batch's items will ask: one SELECT for the open requests of *numbers*
+        (locked, in id order), one per (pbx, source) for which of *contacts* are stored already."""
+        wanted = sorted({n for n in numbers if n not in self._open})
+        for i in range(0, len(wanted), 500):
+            part = wanted[i : i + 500]
+            reqs = (
+                await self.s.execute(
+                    select(m.Request)
+                    .where(m.Request.number.in_(part), m.Request.status.in_(OPEN_STATUSES))
+                    .order_by(m.Request.id)
+                    .with_for_update()
+                )
+            ).scalars()
+            for req in reqs:
+                self._open[req.number] = req
+            for n in part:
+                self._open.setdefault(n, None)
+        groups: dict[tuple[str, str], set[str]] = {}
+        for c in contacts:
+            key = self.store._key(c)
+            if key not in self._seen_read:
+                self._seen_read.add(key)
+                groups.setdefault(key[:2], set()).add(key[2])
+        for (pbx, source), refs in groups.items():
+            ordered = sorted(refs)
+            for i in range(0, len(ordered), 500):
+                found = await self.s.execute(
+                    select(m.Contact.source_ref, m.Contact.id, m.Contact.request_id).where(
+                        m.Contact.pbx == pbx,
+                        m.Contact.source == source,
+                        m.Contact.source_ref.in_(ordered[i : i + 500]),
+                    )
+                )
+                for ref, cid, rid in found:
+                    self._seen[(pbx, source, ref)] = _Stored(cid, rid)
+
+    async def _request(self, number: str) -> m.Request | None:
+        if number not in self._open:
+            await self.prefetch([number], ())
+        return self._open[number]
+
+    async def has_open_request(self, number: str) -> bool:
+        """As :meth:`Store.has_open_request`, with this batch's earlier items counted."""
+        return await self._request(number) is not None
+
+    async def record_contact(self, contact: Contact, decision: Decision) -> Callable[[], ContactResult]:
+        """As :meth:`Store.record_contact`; the result (with its ids) is known after :meth:`finish`."""
+        store, s = self.store, self.s
+        contact = store._with_chosen_time(contact, decision)
+        key = store._key(contact)
+        if key not in self._seen_read:
+            await self.prefetch((), [contact])
+        seen = self._seen.get(key)
+        if seen is not None:
+            return lambda: ContactResult(seen.id, seen.request_id, duplicate=True)
+        values = store._contact_values(contact, decision)
+        created = merged = False
+        if decision.schedules and decision.number is not None:
+            number = str(decision.number)
+            req = await self._request(number)
+            if req is None:
+                req = await store._open_new(s, contact, decision)
+                self._open[number] = req if req.status in OPEN_STATUSES else None
+                created = True
+            else:
+                store._merge(req, contact, decision)
+                merged = True
+                if self._each:
+                    await s.flush()
+            values["request_id"] = req.id
+        stored = _Stored(None, values["request_id"])
+        self._seen[key] = stored
+        self._rows.append(values)
+        self._new.append(stored)
+        disposition = decision.disposition
+        return lambda: ContactResult(
+            stored.id, stored.request_id, created=created, merged=merged, disposition=disposition
+        )
+
+    async def recover(self, number: str, now: datetime, how: str) -> list[int]:
+        """As :meth:`Store.recover`."""
+        req = await self._request(number)
+        if req is None:
+            return []
+        _apply(req, RequestEvent.RECOVER, now)
+        req.close_reason = how
+        self._open[number] = None
+        if self._each:
+            await self.s.flush()
+        return [req.id]
+
+    def add_call(self, row: dict[str, Any]) -> None:
+        """A row from :meth:`Store.call_row`, inserted at :meth:`finish`."""
+        self._calls.append(row)
+
+    async def finish(self) -> None:
+        """Write what the items left to write; the caller commits."""
+        await self.s.flush()
+        if self._rows:
+            stmt = insert(m.Contact.__table__).returning(m.Contact.id, sort_by_parameter_order=True)
+            ids = (await self.s.execute(stmt, self._rows)).scalars().all()
+            for stored, cid in zip(self._new, ids, strict=True):
+                stored.id = cid
+            self._rows, self._new = [], []
+        await self.store.insert_calls(self.s, self._calls)
+        self._calls = []
+
+
+@dataclass
+class _Stored:
+    id: int | None
+    request_id: int | None
 
 
 # A request closed at birth: too old already, or the client's hours never meet ours.

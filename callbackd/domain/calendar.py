@@ -37,6 +37,8 @@ Interval = tuple[time, time]
 
 _TIME_RE = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
 _ONE_DAY = timedelta(days=1)
+# Dates whose open stretches a calendar keeps (a few years' worth; then it starts again).
+_DAYS_KEPT = 2048
 
 
 def _require_aware(at: datetime) -> None:
@@ -202,6 +204,10 @@ class BusinessCalendar:
     tz: ZoneInfo
     weekly: Mapping[int, tuple[Interval, ...]] = field(hash=False)
     holidays: frozenset[date] = frozenset()
+    # _day_intervals by local date: every due time and merge walks the same few days again.
+    _days: dict[date, tuple[tuple[datetime, datetime], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.tz, tzinfo):
@@ -239,20 +245,25 @@ class BusinessCalendar:
         """A calendar that never defers anything, for round-the-clock desks and tests."""
         return cls.from_spec(tz, {"mon-sun": "00:00-24:00"})
 
-    def _day_intervals(self, day: date) -> list[tuple[datetime, datetime]]:
+    def _day_intervals(self, day: date) -> tuple[tuple[datetime, datetime], ...]:
         """Open stretches of a local date as UTC instants; empty ones (lost in a DST gap) dropped."""
-        if day in self.holidays:
-            return []
+        known = self._days.get(day)
+        if known is not None:
+            return known
         result = []
-        for start, end in self.weekly.get(day.weekday(), ()):
-            start_at = _wall_to_utc(day, start, self.tz)
-            if end == END_OF_DAY:
-                end_at = _wall_to_utc(day + _ONE_DAY, END_OF_DAY, self.tz)
-            else:
-                end_at = _wall_to_utc(day, end, self.tz)
-            if start_at < end_at:
-                result.append((start_at, end_at))
-        return result
+        if day not in self.holidays:
+            for start, end in self.weekly.get(day.weekday(), ()):
+                start_at = _wall_to_utc(day, start, self.tz)
+                if end == END_OF_DAY:
+                    end_at = _wall_to_utc(day + _ONE_DAY, END_OF_DAY, self.tz)
+                else:
+                    end_at = _wall_to_utc(day, end, self.tz)
+                if start_at < end_at:
+                    result.append((start_at, end_at))
+        if len(self._days) >= _DAYS_KEPT:
+            self._days.clear()
+        found = self._days[day] = tuple(result)
+        return found
 
     def interval_at(self, at: datetime) -> tuple[datetime, datetime] | None:
         """The open stretch ``[start, end)`` containing ``at`` (in ``tz``), or None when closed."""
@@ -352,6 +363,10 @@ class ClientWindow:
     """
 
     weekly: Mapping[int, tuple[Interval, ...]] = field(hash=False)
+    # One calendar per zone, kept: its open stretches by date are kept with it.
+    _zones: dict[str, BusinessCalendar] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         # Validation is the calendar's: the same interval rules apply.
@@ -366,7 +381,10 @@ class ClientWindow:
         return cls(weekly=_parse_weekly(hours))
 
     def in_zone(self, tz: str) -> BusinessCalendar:
-        return BusinessCalendar(tz=_zone(tz), weekly=self.weekly)
+        cal = self._zones.get(tz)
+        if cal is None:
+            cal = self._zones[tz] = BusinessCalendar(tz=_zone(tz), weekly=self.weekly)
+        return cal
 
 
 @dataclass(frozen=True)
