@@ -374,6 +374,11 @@ async def test_touches_are_folded_one_row_an_hour_as_days_are_stored(engine, rea
         after = (await conn.execute(select(func.count()).select_from(m.FiguresTouched))).scalar()
         assert (await conn.execute(select(func.sum(m.FiguresTouched.n)))).scalar() == sums
     assert before > after == hours
+    await add(engine, call("fold-1", None, local(FIRST, 3)), call("fold-2", None, local(FIRST, 3.5)))
+    await figures.fold_touches(engine)  # as the daemon does hourly
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(m.FiguresTouched))).scalar() == hours
+        assert (await conn.execute(select(func.sum(m.FiguresTouched.n)))).scalar() == sums + 2
 
 
 async def test_an_unreadable_stored_day_is_read_again_with_one_warning(engine, read_from_rows):

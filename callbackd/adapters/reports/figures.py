@@ -361,6 +361,13 @@ async def _store(engine: AsyncEngine, built: list[tuple[Slice, int]], by: Groupi
         log.warning("figures.store_failed", error=f"{e.__class__.__name__}: {e}")
 
 
+async def fold_touches(engine: AsyncEngine) -> None:
+    """Fold the touch rows the triggers add (the daemon does it hourly, in case nobody looks at
+    the figures: the rows a day of writes adds become 24)."""
+    async with engine.begin() as conn:
+        await _fold_touches(conn, m.FiguresTouched)
+
+
 async def _fold_touches(conn: AsyncConnection, t) -> None:
     """Each hour's touch rows into one with their sum (the sums, all a stored slice compares, stay)."""
     many = select(t.hour).group_by(t.hour).having(func.count() > 1)
