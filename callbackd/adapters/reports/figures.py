@@ -43,7 +43,6 @@ from callbackd.adapters.reports.queries import (
 )
 from callbackd.domain.metrics import REACHED_STATUSES, CallRow, Grouping, Report, Thresholds
 from callbackd.domain.partials import (
-    SLICE_FORMAT,
     CellBuilder,
     Slice,
     decode_slice,
@@ -277,8 +276,10 @@ def _hours(start: datetime, end: datetime) -> range:
 
 
 def _key(end: datetime, by: Grouping, tz: tzinfo, thresholds: Thresholds) -> str:
-    """What a stored slice depends on besides its start: its end, grouping, zone and thresholds."""
-    what = repr((SLICE_FORMAT, end.astimezone(UTC).isoformat(), str(by), str(tz), thresholds))
+    """What a stored slice depends on besides its start: its end, grouping, zone and thresholds.
+
+    Not its format: a slice of another format is found, said so, and replaced."""
+    what = repr((end.astimezone(UTC).isoformat(), str(by), str(tz), thresholds))
     return hashlib.sha256(what.encode()).hexdigest()
 
 
