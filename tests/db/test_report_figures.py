@@ -320,7 +320,8 @@ async def test_a_late_write_reads_again_exactly_the_days_it_changes(engine, read
     await read_from_rows(engine)
     assert (await read_from_rows(engine))[1] == set()
 
-    await add(engine, call("late-1", None, local(d2, 23.99), "answered"))  # a late row of the 2nd day
+    last_instant = midnight(d2 + timedelta(days=1), MSK) - timedelta(microseconds=1)
+    await add(engine, call("late-1", None, last_instant, "answered"))  # a late row, the 2nd day's last µs
     got, read = await read_from_rows(engine)
     assert read == {d2}
     await same_as_rows(engine, got)

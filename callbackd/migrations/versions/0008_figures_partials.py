@@ -118,19 +118,26 @@ def _sqlite_triggers() -> list[str]:
 
 
 PG_FUNCTIONS = [
+    # Immutable all through (on a UTC timestamp, not a timestamptz), so it is inlined into the queries.
     """CREATE FUNCTION figures_hour(t timestamptz) RETURNS bigint LANGUAGE sql IMMUTABLE
-       AS $$ SELECT floor(extract(epoch FROM date_trunc('second', t)) / 3600)::bigint $$""",
-    """CREATE FUNCTION figures_reach_touched(num text, upto timestamptz, call_id integer, attempt_id text)
-       RETURNS void LANGUAGE sql AS $$
-       INSERT INTO figures_touched (hour, n)
-       SELECT DISTINCT figures_hour(c.started_at), 1 FROM calls c
-       WHERE c.number = num AND c.outcome = 'missed' AND c.started_at < upto
-         AND c.started_at >= coalesce((SELECT max(answered_at) FROM calls WHERE number = num
-                                       AND outcome = 'answered' AND id IS DISTINCT FROM call_id), '-infinity')
-         AND c.started_at >= coalesce((SELECT max(started_at) FROM attempts WHERE number = num
-                                       AND outcome = 'answered' AND id IS DISTINCT FROM attempt_id),
-                                      '-infinity')
+       AS $$ SELECT floor(extract(epoch FROM date_trunc('second', t AT TIME ZONE 'UTC')) / 3600)::bigint
        $$""",
+    # PL/pgSQL, not SQL: its statements' plans are kept for the session instead of made per row.
+    """CREATE FUNCTION figures_reach_touched(
+         num varchar, upto timestamptz, call_id integer, attempt_id varchar
+       ) RETURNS void LANGUAGE plpgsql AS $$
+       DECLARE since timestamptz;
+       BEGIN
+         since := greatest(
+           (SELECT max(answered_at) FROM calls
+            WHERE number = num AND outcome = 'answered' AND id IS DISTINCT FROM call_id),
+           (SELECT max(started_at) FROM attempts
+            WHERE number = num AND outcome = 'answered' AND id IS DISTINCT FROM attempt_id));
+         INSERT INTO figures_touched (hour, n)
+         SELECT DISTINCT figures_hour(c.started_at), 1 FROM calls c
+         WHERE c.number = num AND c.outcome = 'missed' AND c.started_at < upto
+           AND (since IS NULL OR c.started_at >= since);
+       END $$""",
     """CREATE FUNCTION figures_call_touched(r calls) RETURNS void LANGUAGE plpgsql AS $$
        BEGIN
          INSERT INTO figures_touched (hour, n) VALUES (figures_hour(r.started_at), 1);
