@@ -123,6 +123,7 @@ class Daemon:
         self._mqtt: Any = None
         self.detector = Detector(detection_rules(cfg))
         self._retention_at: datetime | None = None
+        self._folded_at: datetime | None = None  # figures_touched rows folded (see reports.figures)
         self.rules = intake_rules(cfg)
         self.guard = AbuseGuard(abuse_limits(cfg))
         self.pool = OperatorPool(cfg.dialer.queues, int(cfg.dialer.wrapup.total_seconds()))
@@ -578,6 +579,11 @@ class Daemon:
                 if expired or released or stale:
                     log.info("housekeeping", expired=expired, released=released, stale_calls=len(stale))
                 await self._retention(now)
+                if self._folded_at is None or now - self._folded_at >= timedelta(hours=1):
+                    self._folded_at = now
+                    from callbackd.adapters.reports.figures import fold_touches
+
+                    await fold_touches(self.store.engine)
             except Exception:
                 log.exception("housekeeping.failed")
 

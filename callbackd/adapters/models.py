@@ -6,11 +6,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -217,3 +219,26 @@ class OutboxEvent(Base):
         Index("ix_webhook_outbox_status_due", "status", "due_at"),
         Index("ix_webhook_outbox_line", "endpoint", "request_id", "status", "id"),  # head of each line
     )
+
+
+class FiguresTouched(Base):
+    """A write that may change the figures of a UTC hour (``hour``: epoch seconds // 3600), ``n`` times.
+
+    Written by triggers (migration 0008), never by the code: see that migration for which hours."""
+
+    __tablename__ = "figures_touched"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hour: Mapped[int] = mapped_column(BigInteger, index=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class FiguresPartial(Base):
+    """A finished day's figures cells (a cache: losing them loses nothing), valid while the touches
+    of its hours add up to ``touched``. ``key`` names what else the cells depend on."""
+
+    __tablename__ = "figures_partials"
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    end_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    touched: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

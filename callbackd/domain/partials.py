@@ -12,6 +12,9 @@ differ in the last bit (about 1e-16 of it), far below the tenth of a second show
 
 from __future__ import annotations
 
+import base64
+import json
+import sys
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -176,3 +179,70 @@ def merge_reach(slices: Iterable[Slice]) -> dict[int, int]:
         for k, n in part.reach_by_try.items():
             out[k] = out.get(k, 0) + n
     return out
+
+
+# -- stored slices --------------------------------------------------------------------------
+# A slice kept in the database (so a restart does not read a finished day's rows again) is JSON:
+# {"v": SLICE_FORMAT, "groups": {grouping: {key: [scalar slots..., first_attempt, reach]}},
+#  "reach": [[try, n], ...]}. Scalars are JSON numbers (a float's repr reads back to the same
+# float, an int stays an int), so a slice read back merges exactly as the one built; the
+# duration arrays are base64 of little-endian 32-bit ints. A change of the accumulator's slots
+# changes SLICE_FORMAT, and a slice of another format is recomputed.
+
+SLICE_FORMAT = 1
+_ARRAYS = ("first_attempt", "reach")
+_SCALARS = tuple(n for n in Accumulator.__slots__ if n not in _ARRAYS)
+_SWAP = sys.byteorder != "little"
+
+
+def _pack(a: array) -> str:
+    if _SWAP:
+        a = array("i", a)
+        a.byteswap()
+    return base64.b64encode(a.tobytes()).decode("ascii")
+
+
+def _unpack(text: str) -> array:
+    a = array("i")
+    a.frombytes(base64.b64decode(text, validate=True))
+    if _SWAP:
+        a.byteswap()
+    return a
+
+
+def encode_slice(part: Slice) -> bytes:
+    groups = {
+        str(g): {key: [*(getattr(acc, n) for n in _SCALARS), *(_pack(getattr(acc, n)) for n in _ARRAYS)]
+                 for key, acc in accs.items()}
+        for g, accs in part.groups.items()
+    }  # fmt: skip
+    body = {"v": SLICE_FORMAT, "groups": groups, "reach": sorted(part.reach_by_try.items())}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_slice(data: bytes, start: datetime, end: datetime) -> Slice:
+    """The slice :func:`encode_slice` wrote; ValueError for anything else (another format, damage)."""
+    try:
+        body = json.loads(data)
+        if body.get("v") != SLICE_FORMAT:
+            raise ValueError(f"stored slice format {body.get('v')!r}, this version reads {SLICE_FORMAT}")
+        width = len(_SCALARS) + len(_ARRAYS)
+        groups: dict[Grouping, dict[str, Accumulator]] = {}
+        for g, accs in body["groups"].items():
+            out = groups[Grouping(g)] = {}
+            for key, values in accs.items():
+                if not isinstance(key, str) or len(values) != width:
+                    raise ValueError("a stored cell of the wrong shape")
+                acc = out[key] = Accumulator()
+                for n, v in zip(_SCALARS, values, strict=False):
+                    if type(v) not in (int, float):
+                        raise ValueError(f"stored {n} is not a number")
+                    setattr(acc, n, v)
+                for n, v in zip(_ARRAYS, values[len(_SCALARS) :], strict=True):
+                    setattr(acc, n, _unpack(v))
+        reach = {int(k): int(n) for k, n in body["reach"]}
+    except ValueError:
+        raise
+    except Exception as e:  # wrong types or keys anywhere in a damaged payload
+        raise ValueError(f"unreadable stored slice: {e.__class__.__name__}: {e}") from e
+    return Slice(start, end, groups, reach)

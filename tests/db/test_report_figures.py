@@ -8,6 +8,7 @@ client's own call): :func:`build_figures` must give, for each day and period, wh
 
 from __future__ import annotations
 
+import json
 import random
 from array import array
 from dataclasses import fields
@@ -15,10 +16,12 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+import structlog
+from sqlalchemy import delete, func, select, update
 
 from callbackd.adapters import db
 from callbackd.adapters import models as m
-from callbackd.adapters.reports import build_report
+from callbackd.adapters.reports import build_report, figures
 from callbackd.adapters.reports.figures import FiguresCache, build_figures
 from callbackd.adapters.reports.queries import reach_by_try
 from callbackd.domain.metrics import Accumulator, Figures, Grouping, Thresholds
@@ -213,3 +216,188 @@ def test_the_cache_stays_bounded():
         clock[0] = float(i)
         cache.put((i,), object())  # type: ignore[arg-type]
     assert [cache.get((i,)) is not None for i in range(5)] == [False, False, True, True, True]
+
+
+# -- stored slices --------------------------------------------------------------------------
+
+LAST = FIRST + timedelta(days=DAYS - 1)
+
+
+@pytest.fixture
+def read_from_rows(monkeypatch):
+    """The local days (start dates in Moscow) whose rows each build_figures call reads, in order."""
+    calls: list[set[date]] = []
+    real = figures._slices
+
+    async def spy(conn, spans, *a, **kw):
+        calls[-1].update(s.astimezone(MSK).date() for s, _ in spans)
+        return await real(conn, spans, *a, **kw)
+
+    monkeypatch.setattr(figures, "_slices", spy)
+
+    async def build(engine, first=FIRST, last=LAST, by=Grouping.DAY, now=None, cache=None):
+        calls.append(set())
+        got = await build_figures(engine, first, last, by=by, tz=MSK, thresholds=THRESHOLDS, now=now,
+                                  cache=cache)  # fmt: skip
+        return got, calls[-1]
+
+    return build
+
+
+async def same_as_rows(engine, got, first=FIRST, last=LAST, by=Grouping.DAY) -> None:
+    start, end = midnight(first, MSK), midnight(last + timedelta(days=1), MSK)
+    for rep, g in zip(got[:3], (by, Grouping.QUEUE, Grouping.OPERATOR), strict=True):
+        same_report(rep, await build_report(engine, start, end, by=g, tz=MSK, thresholds=THRESHOLDS))
+    assert got[3] == await reach_by_try(engine, start, end)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "by", "now"),
+    [
+        (FIRST, FIRST, Grouping.HOUR, None),
+        (THIRD, THIRD, Grouping.HOUR, local(THIRD, 15.75)),
+        (FIRST, LAST, Grouping.DAY, None),
+        (FIRST, LAST, Grouping.DAY, local(THIRD, 7.5)),
+    ],
+    ids=["day", "today", "period", "period-under-way"],
+)
+async def test_a_cold_start_takes_the_days_that_are_over_from_the_database(
+    engine, read_from_rows, first, last, by, now
+):
+    """No cache in memory, as after a restart: only the day under way is read from rows, and the
+    figures are those read from rows, to the last bit."""
+    built, read = await read_from_rows(engine, first, last, by, now)
+    assert read == {d for d in (first + timedelta(days=i) for i in range((last - first).days + 1))}
+    again, read = await read_from_rows(engine, first, last, by, now)
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    assert read == {
+        d for d in days if now and midnight(d + timedelta(days=1), MSK) > now
+    }  # under way, to come
+    assert again == built
+    await same_as_rows(engine, again, first, last, by)
+    async with engine.begin() as conn:  # the table is a cache: emptied, it is built again
+        await conn.execute(delete(m.FiguresPartial))
+    emptied, read = await read_from_rows(engine, first, last, by, now)
+    assert emptied == built and len(read) == (last - first).days + 1
+
+
+async def test_the_hours_of_today_give_way_to_the_day_once_it_is_over(engine, read_from_rows):
+    await read_from_rows(engine, THIRD, THIRD, Grouping.HOUR, local(THIRD, 15.75))
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(m.FiguresPartial))).scalar() == 15
+    await read_from_rows(engine, THIRD, THIRD, Grouping.HOUR, None)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(m.FiguresPartial.start_at, m.FiguresPartial.end_at))).all()
+    assert rows == [(midnight(THIRD, MSK), midnight(THIRD + timedelta(days=1), MSK))]
+
+
+def call(lid: str, number: str | None, at: datetime, outcome: str = "missed") -> m.Call:
+    answered = at + timedelta(seconds=3) if outcome == "answered" else None
+    return m.Call(linkedid=lid, number=number, queue="support", started_at=at, answered_at=answered,
+                  ended_at=at + timedelta(seconds=40), outcome=outcome,
+                  agent="PJSIP/op1" if answered else None,
+                  miss_reason="queue_abandon" if outcome == "missed" else None, node="n1")  # fmt: skip
+
+
+async def add(engine, *rows: m.Base) -> None:
+    async with db.sessionmaker(engine)() as session, session.begin():
+        for row in rows:
+            session.add(row)
+            await session.flush()
+
+
+async def test_a_late_write_reads_again_exactly_the_days_it_changes(engine, read_from_rows):
+    """A late call row, a callback reaching a caller lost days ago, a later call joining an old
+    request: each makes the days whose figures it may change be read again, and no other."""
+    d1, d2, d3 = FIRST, FIRST + timedelta(days=1), FIRST + timedelta(days=3)
+    number = "+12025559999"  # a number of its own: no earlier answers
+    req = m.Request(id=9001, number=number, name="", reason="queue_abandon", sources=["ami"], contact_count=1,
+                    status="open", created_at=local(d1, 9.01), updated_at=local(d1, 9.01), attempts_made=0,
+                    operator_tries=0, note="")  # fmt: skip
+    await add(engine, call("x-1", number, local(d1, 9)), req,
+              m.Contact(source="ami", source_ref="x-1", number=number, reason="queue_abandon",
+                        at=local(d1, 9.01), disposition="schedule", request_id=9001))  # fmt: skip
+    await read_from_rows(engine)
+    assert (await read_from_rows(engine))[1] == set()
+
+    last_instant = midnight(d2 + timedelta(days=1), MSK) - timedelta(microseconds=1)
+    await add(engine, call("late-1", None, last_instant, "answered"))  # a late row, the 2nd day's last µs
+    got, read = await read_from_rows(engine)
+    assert read == {d2}
+    await same_as_rows(engine, got)
+
+    await add(engine, call("x-2", number, local(d2, 14)))  # the caller tries again, and joins the request
+    await read_from_rows(engine)
+    await add(engine, m.Contact(source="ami", source_ref="x-2", number=number, reason="queue_abandon",
+                                at=local(d2, 14.01), disposition="merged", request_id=9001))  # fmt: skip
+    got, read = await read_from_rows(engine)
+    assert read == {d1, d2}  # the call's request status, and the request's first contact
+    await same_as_rows(engine, got)
+
+    # Days later a callback reaches the client: the request's day, the two missed calls now
+    # reached later, the attempt's own day (answered callbacks by try).
+    await add(engine, m.Attempt(id="x-a1", request_id=9001, try_no=1, operator="PJSIP/op2",
+                                channel_id="x-c1", number=number, status="dialling", started_at=local(d3, 11),
+                                node="n1"))  # fmt: skip
+    got, read = await read_from_rows(engine)
+    assert read == {d1, d3}
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(m.Attempt).where(m.Attempt.id == "x-a1").values(status="done", outcome="answered")
+        )
+        await conn.execute(
+            update(m.Request).where(m.Request.id == 9001).values(status="reached", attempts_made=1)
+        )
+    got, read = await read_from_rows(engine)
+    assert read == {d1, d2, d3}
+    await same_as_rows(engine, got)
+
+    async with engine.begin() as conn:  # what figures do not read: no day is read again
+        await conn.execute(update(m.Request).where(m.Request.id == 9001).values(note="called", due_at=None))
+        await conn.execute(update(m.Attempt).where(m.Attempt.id == "x-a1").values(lease_until=local(d3, 12)))
+    assert (await read_from_rows(engine))[1] == set()
+
+    async with engine.begin() as conn:  # an erasure deletes the first call: its day is read again
+        await conn.execute(delete(m.Contact).where(m.Contact.source_ref == "x-1"))
+        await conn.execute(delete(m.Call).where(m.Call.linkedid == "x-1"))
+    got, read = await read_from_rows(engine)
+    assert read == {d1}
+    await same_as_rows(engine, got)
+
+
+async def test_touches_are_folded_one_row_an_hour_as_days_are_stored(engine, read_from_rows):
+    async with engine.connect() as conn:
+        before = (await conn.execute(select(func.count()).select_from(m.FiguresTouched))).scalar()
+        sums = (await conn.execute(select(func.sum(m.FiguresTouched.n)))).scalar()
+    await read_from_rows(engine)
+    async with engine.connect() as conn:
+        hours = (await conn.execute(select(func.count(m.FiguresTouched.hour.distinct())))).scalar()
+        after = (await conn.execute(select(func.count()).select_from(m.FiguresTouched))).scalar()
+        assert (await conn.execute(select(func.sum(m.FiguresTouched.n)))).scalar() == sums
+    assert before > after == hours
+    await add(engine, call("fold-1", None, local(FIRST, 3)), call("fold-2", None, local(FIRST, 3.5)))
+    await figures.fold_touches(engine)  # as the daemon does hourly
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(m.FiguresTouched))).scalar() == hours
+        assert (await conn.execute(select(func.sum(m.FiguresTouched.n)))).scalar() == sums + 2
+
+
+async def test_an_unreadable_stored_day_is_read_again_with_one_warning(engine, read_from_rows):
+    built, _ = await read_from_rows(engine)
+    d2, d3 = FIRST + timedelta(days=1), FIRST + timedelta(days=2)
+    old = json.dumps({"v": 0, "groups": {}, "reach": []}).encode()
+    async with engine.begin() as conn:
+        for d, data in ((d2, b"\x00not json"), (d3, old)):
+            await conn.execute(
+                update(m.FiguresPartial)
+                .where(m.FiguresPartial.start_at == midnight(d, MSK))
+                .values(data=data)
+            )
+    with structlog.testing.capture_logs() as logs:
+        got, read = await read_from_rows(engine)
+    assert read == {d2, d3}
+    assert got == built
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("figures.stored_slice_unreadable", "warning")
+    ] * 2
+    assert (await read_from_rows(engine))[1] == set()  # stored again, readable

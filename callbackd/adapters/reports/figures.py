@@ -8,18 +8,28 @@ slices: whole days (in the report's time zone), and today by the hour. A
 page shown again reads only the current hour. The current hour is always read afresh;
 a change to a slice already over (a callback that reaches a caller lost this morning or
 yesterday, a request closed, a late call row) shows within ``ttl``.
+
+Slices that are over are also stored in the database (``figures_partials``), so a restart
+or an emptied cache does not read a finished day's rows again. A stored slice is used only
+while the writes that may change its hours (counted by triggers in ``figures_touched``, see
+migration 0008) add up to what they were when it was built, in the same snapshot as its rows:
+a late write to an old day makes exactly that day be read again. The table is a cache: emptied,
+or holding a slice this version cannot read (which it says once in the log), it is rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
-from sqlalchemy import and_, case, exists, false, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+import structlog
+from sqlalchemy import and_, case, delete, exists, false, func, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
 from callbackd.adapters import models as m
@@ -32,11 +42,25 @@ from callbackd.adapters.reports.queries import (
     utc_text,
 )
 from callbackd.domain.metrics import REACHED_STATUSES, CallRow, Grouping, Report, Thresholds
-from callbackd.domain.partials import CellBuilder, Slice, merge_reach, merge_report
+from callbackd.domain.partials import (
+    CellBuilder,
+    Slice,
+    decode_slice,
+    encode_slice,
+    merge_reach,
+    merge_report,
+)
 from callbackd.domain.periods import midnight
 
 CONSOLE_GROUPINGS = (Grouping.QUEUE, Grouping.OPERATOR)
 HOUR = timedelta(hours=1)
+log = structlog.get_logger("callbackd.figures")
+
+
+def over(end: datetime, now: datetime) -> bool:
+    """A slice ending at *end* is kept (in memory for the ttl, in the database while its hours
+    are untouched) once it is over; the one under way is always read."""
+    return end <= now
 
 
 def figures_calls_query(start: datetime, end: datetime, dialect: str):
@@ -97,7 +121,7 @@ def reach_query(start: datetime, end: datetime, dialect: str):
 
 
 async def _slices(
-    engine: AsyncEngine,
+    conn: AsyncConnection,
     spans: list[tuple[datetime, datetime]],
     by: Grouping,
     tz: tzinfo,
@@ -121,28 +145,25 @@ async def _slices(
         return i
 
     start, end = spans[0][0], spans[-1][1]
-    async with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":  # every pass sees one snapshot
-            await conn.execution_options(isolation_level="REPEATABLE READ")
-        async for calls in call_batches(conn, start, end, figures_calls_query):
-            if len(spans) == 1:
-                builders[0].add_calls(calls)
-                continue
-            parts: dict[int, list[CallRow]] = {}
-            for c in calls:
-                i = span_of(c.started_at)
-                part = parts.get(i)
-                if part is None:
-                    part = parts[i] = []
-                part.append(c)
-            for i, part in parts.items():
-                builders[i].add_calls(part)
-        async for batch in request_batches(conn, start, end, with_queue=True):
-            for req, attempts in batch:
-                builders[span_of(req.created_at)].add_request(req, attempts)
-        for try_no, at in (await conn.execute(reach_query(start, end, conn.dialect.name))).all():
-            counts = reach[span_of(datetime.fromisoformat(at + "+00:00"))]
-            counts[int(try_no)] = counts.get(int(try_no), 0) + 1
+    async for calls in call_batches(conn, start, end, figures_calls_query):
+        if len(spans) == 1:
+            builders[0].add_calls(calls)
+            continue
+        parts: dict[int, list[CallRow]] = {}
+        for c in calls:
+            i = span_of(c.started_at)
+            part = parts.get(i)
+            if part is None:
+                part = parts[i] = []
+            part.append(c)
+        for i, part in parts.items():
+            builders[i].add_calls(part)
+    async for batch in request_batches(conn, start, end, with_queue=True):
+        for req, attempts in batch:
+            builders[span_of(req.created_at)].add_request(req, attempts)
+    for try_no, at in (await conn.execute(reach_query(start, end, conn.dialect.name))).all():
+        counts = reach[span_of(datetime.fromisoformat(at + "+00:00"))]
+        counts[int(try_no)] = counts.get(int(try_no), 0) + 1
     return [Slice(s, e, b.groups(), r) for (s, e), b, r in zip(spans, builders, reach, strict=True)]
 
 
@@ -210,23 +231,153 @@ async def build_figures(
     with gc_paused():
         for key in keys:
             slices.append(cache.get(key) if cache is not None else None)
-        i = 0
-        while i < len(spans):  # each run of spans not in the cache in one pass
-            if slices[i] is not None:
-                i += 1
-                continue
-            j = i
-            while j < len(spans) and slices[j] is None:
-                j += 1
-            for k, part in enumerate(await _slices(engine, spans[i:j], by, tz, thresholds), start=i):
-                slices[k] = part
-                if cache is not None and part.end <= now:
-                    cache.put(keys[k], part)
-            i = j
+        built: list[tuple[Slice, int]] = []  # slices over, read from rows, to store with their touches
+        if any(p is None for p in slices):
+            async with engine.connect() as conn:
+                if engine.dialect.name == "postgresql":  # every pass sees one snapshot
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
+                wanted = [i for i, p in enumerate(slices) if p is None and over(spans[i][1], now)]
+                touched = await _touched(conn, [spans[i] for i in wanted])
+                for i, part in zip(wanted, await _stored(conn, [spans[i] for i in wanted], by, tz, thresholds,
+                                                         touched), strict=True):  # fmt: skip
+                    if part is not None:
+                        slices[i] = part
+                        if cache is not None:
+                            cache.put(keys[i], part)
+                i = 0
+                while i < len(spans):  # each run of spans still missing in one pass
+                    if slices[i] is not None:
+                        i += 1
+                        continue
+                    j = i
+                    while j < len(spans) and slices[j] is None:
+                        j += 1
+                    for k, part in enumerate(await _slices(conn, spans[i:j], by, tz, thresholds), start=i):
+                        slices[k] = part
+                        if over(part.end, now):
+                            if cache is not None:
+                                cache.put(keys[k], part)
+                            built.append((part, touched.get((part.start, part.end), 0)))
+                    i = j
+            if built:
+                await _store(engine, built, by, tz, thresholds)
         start, end = midnight(first, tz), midnight(last + timedelta(days=1), tz)
         done = [p for p in slices if p is not None]
         reports = [merge_report(done, start, end, g, tz, thresholds) for g in groupings]
     return (*reports, merge_reach(done))  # type: ignore[return-value]
+
+
+# -- stored slices ----------------------------------------------------------------------------
+
+
+def _hours(start: datetime, end: datetime) -> range:
+    """The UTC hours (epoch seconds // 3600) a span overlaps: those whose touches can change it."""
+    return range(math.floor(start.timestamp() / 3600), math.ceil(end.timestamp() / 3600))
+
+
+def _key(end: datetime, by: Grouping, tz: tzinfo, thresholds: Thresholds) -> str:
+    """What a stored slice depends on besides its start: its end, grouping, zone and thresholds.
+
+    Not its format: a slice of another format is found, said so, and replaced."""
+    what = repr((end.astimezone(UTC).isoformat(), str(by), str(tz), thresholds))
+    return hashlib.sha256(what.encode()).hexdigest()
+
+
+async def _touched(conn: AsyncConnection, spans: list[tuple[datetime, datetime]]) -> dict[tuple, int]:
+    """The touches of each span's hours, in the snapshot the spans are read in (one query)."""
+    if not spans:
+        return {}
+    lo = min(_hours(s, e).start for s, e in spans)
+    hi = max(_hours(s, e).stop for s, e in spans)
+    t = m.FiguresTouched
+    stmt = select(t.hour, func.sum(t.n)).where(t.hour >= lo, t.hour < hi).group_by(t.hour)
+    per_hour = {int(h): int(n) for h, n in (await conn.execute(stmt)).all()}
+    return {(s, e): sum(per_hour.get(h, 0) for h in _hours(s, e)) for s, e in spans}
+
+
+async def _stored(
+    conn: AsyncConnection,
+    spans: list[tuple[datetime, datetime]],
+    by: Grouping,
+    tz: tzinfo,
+    thresholds: Thresholds,
+    touched: dict[tuple, int],
+) -> list[Slice | None]:
+    """The stored slice of each span whose hours are untouched since it was built, else None."""
+    if not spans:
+        return []
+    p = m.FiguresPartial
+    want = {(s, _key(e, by, tz, thresholds)): (s, e) for s, e in spans}
+    rows = await conn.execute(
+        select(p.start_at, p.key, p.touched, p.data).where(p.start_at.in_([s for s, _ in spans]))
+    )
+    found: dict[tuple, Slice] = {}
+    for start, key, n, data in rows.all():
+        span = want.get((start, key))
+        if span is None or n != touched[span]:
+            continue
+        try:
+            found[span] = decode_slice(bytes(data), *span)
+        except ValueError as e:
+            log.warning("figures.stored_slice_unreadable", start=span[0].isoformat(), error=str(e))
+    return [found.get(span) for span in spans]
+
+
+async def _store(engine: AsyncEngine, built: list[tuple[Slice, int]], by: Grouping, tz: tzinfo,
+                 thresholds: Thresholds) -> None:  # fmt: skip
+    """Keep slices that are over with the touches they were built under; fold the touches.
+
+    A cache: a failure here (a read-only database, a lock held too long) costs the next view a
+    read of the rows, never this page. Storing a day drops the stored hours inside it (the
+    hours of a day shown while under way), which the day's slice now covers.
+    """
+    p, t = m.FiguresPartial, m.FiguresTouched
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    try:
+        async with engine.begin() as conn:
+            for part, n in built:
+                if part.end - part.start > HOUR:
+                    await conn.execute(
+                        delete(p).where(
+                            p.start_at >= part.start,
+                            p.end_at <= part.end,
+                            or_(p.start_at != part.start, p.end_at != part.end),
+                        )
+                    )
+                row = {"start_at": part.start, "key": _key(part.end, by, tz, thresholds), "end_at": part.end,
+                       "touched": n, "data": encode_slice(part)}  # fmt: skip
+                stmt = dialect_insert(p).values(**row)
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["start_at", "key"],
+                        set_={"end_at": stmt.excluded.end_at, "touched": stmt.excluded.touched,
+                              "data": stmt.excluded.data},
+                    )
+                )  # fmt: skip
+            await _fold_touches(conn, t)
+    except Exception as e:  # a cache that cannot be written is a cache miss later
+        log.warning("figures.store_failed", error=f"{e.__class__.__name__}: {e}")
+
+
+async def fold_touches(engine: AsyncEngine) -> None:
+    """Fold the touch rows the triggers add (the daemon does it hourly, in case nobody looks at
+    the figures: the rows a day of writes adds become 24)."""
+    async with engine.begin() as conn:
+        await _fold_touches(conn, m.FiguresTouched)
+
+
+async def _fold_touches(conn: AsyncConnection, t) -> None:
+    """Each hour's touch rows into one with their sum (the sums, all a stored slice compares, stay)."""
+    many = select(t.hour).group_by(t.hour).having(func.count() > 1)
+    gone = (await conn.execute(delete(t).where(t.hour.in_(many)).returning(t.hour, t.n))).all()
+    sums: dict[int, int] = {}
+    for hour, n in gone:
+        sums[hour] = sums.get(hour, 0) + n
+    if sums:
+        await conn.execute(insert(t), [{"hour": h, "n": n} for h, n in sums.items()])
 
 
 def _spans(first: date, last: date, tz: tzinfo, now: datetime) -> Iterator[tuple[datetime, datetime]]:
