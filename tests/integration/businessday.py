@@ -145,7 +145,9 @@ attempts_per_hour = 0
         extra=extra,
         replace={
             'delays = ["1h", "3h", "6h"]': f'delays = {delays}\nopening_spread = "{300 / k:.0f}s"',
-            '"mon-sun" = "00:00-24:00"': f'"mon-sun" = "{hours}"',
+            # The business hours only: the clients' window stays round the clock (it is read in each
+            # client's own zone, so the day's UTC window there would never meet the business hours).
+            '[schedule.hours]\n"mon-sun" = "00:00-24:00"': f'[schedule.hours]\n"mon-sun" = "{hours}"',
             'operator_ring = "10s"': 'operator_ring = "6s"',
             'client_ring = "15s"': 'client_ring = "5s"',
             # Dialer off: callbacks ring only members of a queue nobody is in, so none is ever made.

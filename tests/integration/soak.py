@@ -99,7 +99,8 @@ attempts_per_hour = 5000
                 '\noutcome_delays = { busy = "ladder", congestion = "ladder" }'
             ),
             'short_abandon = "5s"': f'short_abandon = "{SHORT}s"',
-            '"mon-sun" = "00:00-24:00"': f'"mon-sun" = {hours}',
+            # Business hours only; the clients' window (read in each client's zone) stays round the clock.
+            '[schedule.hours]\n"mon-sun" = "00:00-24:00"': f'[schedule.hours]\n"mon-sun" = {hours}',
             'operator_ring = "10s"': 'operator_ring = "6s"',
             'client_ring = "15s"': 'client_ring = "6s"',
         },
