@@ -68,11 +68,7 @@ def utcnow() -> datetime:
 
 
 def _nothing() -> None:
-    pass
-
-
-def _no_result() -> None:
-    return None
+    """No result to give, or nothing to tell after the commit."""
 
 
 def parse_caller_id_or_none(raw: str, region: str) -> str | None:
@@ -494,10 +490,10 @@ class IntakeService:
                 await self.store.record_call(item, number)
             else:
                 batch.add_call(self.store.call_row(item, number))
-            return _no_result, lambda: self.on_call(miss)
+            return _nothing, lambda: self.on_call(miss)
         parsed = parse_caller_id_or_none(item.raw_number, self.rules.region)
         if parsed is None:
-            return _no_result, _nothing
+            return _nothing, _nothing
         if batch is None:
             closed = await self.store.recover(parsed, item.at, item.how)
         else:
@@ -508,7 +504,7 @@ class IntakeService:
             if closed:
                 log.info("request.recovered", request_ids=closed, number=self._num(parsed), how=item.how)
 
-        return _no_result, told
+        return _nothing, told
 
     async def _has_open(self, number: str, batch: IntakeBatch | None) -> bool:
         if batch is None:
