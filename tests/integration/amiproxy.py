@@ -33,6 +33,9 @@ class AmiProxy:
                 await self._server.wait_closed()
 
     def cut(self) -> None:
+        """Any cut disarms ``cut_after``: a marker left armed after a cut by hand would cut the link
+        again at some later Originate, with no one left to heal it."""
+        self.cut_marker = None
         if not self.down:
             self.cut_at = asyncio.get_running_loop().time()
         self.down = True
@@ -77,7 +80,6 @@ class AmiProxy:
                 writer.write(data)
                 await writer.drain()
                 if watch and self.cut_marker is not None and self.cut_marker in data:
-                    self.cut_marker = None
                     self.cut()
                     break
         finally:
