@@ -585,6 +585,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             client_window=args.client_window,
             dialer=not args.no_dialer,
         )
+        breaks = whatif.break_spans(args.breaks) if args.breaks else []
     except ValueError as exc:
         raise UsageProblem(f"simulate: {exc}") from None
     _check_output(args.output)
@@ -592,7 +593,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     async def go() -> int:
         engine = await _migrated(args, cfg, read_only=True)  # refuses a missing or old database first
         await engine.dispose()
-        out = await whatif.run(cfg, start, end, changes, runs=args.runs, seed=args.seed)
+        out = await whatif.run(cfg, start, end, changes, runs=args.runs, seed=args.seed, breaks=breaks)
         with _output(args.output) as f:
             f.write(json.dumps(out, indent=2) + "\n" if args.format == "json" else whatif.render(out))
         return 0
@@ -839,6 +840,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sm.add_argument(
         "--client-window", metavar="SPANS", help="when clients may be called, every day, e.g. 10:00-20:00"
+    )
+    sm.add_argument(
+        "--breaks",
+        metavar="SPANS",
+        help="the period's rota: one operator away in each span, every day (schedule time zone), "
+        "e.g. 12:00-12:30,12:30-13:00 (the database holds who answered, not who was on duty)",
     )
     sm.add_argument("--no-dialer", action="store_true", help="the what-if without callbacks")
     sm.add_argument("--runs", type=int, default=20, help="repeated runs for the band (default 20)")

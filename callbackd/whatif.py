@@ -6,9 +6,11 @@ Wiring only: the model is :mod:`callbackd.domain.simulation`, the rows come from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from callbackd.config import Config, _duration
 from callbackd.domain.calendar import BusinessCalendar
@@ -35,6 +37,20 @@ def hours_spec(text: str) -> dict[str, list[str]]:
             raise ValueError(f"--hours {part!r}: use DAYS=HH:MM-HH:MM[,HH:MM-HH:MM]")
         spec[days.strip()] = [s.strip() for s in spans.split(",") if s.strip()]
     return spec
+
+
+def break_spans(text: str) -> list[tuple[time, time]]:
+    """``12:00-12:30,15:00-15:15`` (seconds allowed) -> spans; each is one operator away, daily."""
+    spans = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, sep, b = part.partition("-")
+        try:
+            if not sep:
+                raise ValueError
+            spans.append((time.fromisoformat(a.strip()), time.fromisoformat(b.strip())))
+        except ValueError:
+            raise ValueError(f"--breaks {part!r}: use HH:MM[:SS]-HH:MM[:SS][,...]") from None
+    return spans
 
 
 @dataclass(frozen=True)
@@ -98,8 +114,11 @@ async def run(
     runs: int,
     seed: int,
     now: datetime | None = None,
+    breaks: Sequence[tuple[time, time]] = (),
 ) -> dict:
-    """*now*: when the figures are read (default: the present), as the report reads the database."""
+    """*now*: when the figures are read (default: the present), as the report reads the database.
+    *breaks*: the period's rota (daily spans in the schedule's time zone, one operator away each),
+    applied to every scenario: the database records who answered, not who was on duty."""
     from callbackd.adapters import db, reports, simdata
     from callbackd.domain import simulation as sim
 
@@ -123,6 +142,9 @@ async def run(
         period=(end - start).total_seconds(),
         short_abandon=settings.thresholds.short_abandon.total_seconds(),
         horizon=min(((now or datetime.now(UTC)) - start).total_seconds(), period_max),
+        breaks=sim.daily_breaks(
+            breaks, ZoneInfo(cfg.schedule.timezone), start, (end - start).total_seconds()
+        ),
     )
     scenarios = [("as stored", stored), ("dialer off", replace(stored, dialer=False))]
     if changes.any:
@@ -142,6 +164,7 @@ async def run(
         "measured": {"car": measured.total.car, "net_lost_rate": measured.total.net_lost_rate},
         "fitted": {
             "operators": period.operators,
+            "breaks": [f"{a.isoformat()}-{b.isoformat()}" for a, b in breaks],
             "mean_patience_s": 1 / behaviour.abandon_rate,
             "reach_by_try": list(behaviour.reach),
             "talk_mean_s": sum(behaviour.talk) / len(behaviour.talk),

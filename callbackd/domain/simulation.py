@@ -19,6 +19,8 @@ The model, per run:
   from them for callers the data never shows answered. Calls outside a queue keep their stored fate.
 - a missed call that waited at least ``short_abandon`` and has a number becomes a callback request
   (one open request per number; later misses merge), as does each web lead.
+- ``breaks`` take one operator each away for their span (an operator on a call finishes it first):
+  the period's rota, which the database does not hold, so the admin states it (``--breaks``).
 - a free operator takes a waiting caller first; only with nobody waiting does it take a due request
   (as the daemon does), inside business hours and the client window. Try k reaches the client with
   the fitted probability ``reach[k]``; the operator is busy for a drawn callback length (answered)
@@ -40,7 +42,7 @@ import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 
 from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.ladder import Schedule
@@ -91,6 +93,18 @@ class Scenario:
     # Seconds from the epoch at which the figures are read, as a report reads the database "as it
     # stands": callbacks after it have not happened yet. None: the period plus ``max_age``.
     horizon: float | None = None
+    # (from, until) seconds from the epoch: one operator away each; overlapping breaks add up.
+    breaks: tuple[tuple[float, float], ...] = ()
+
+    def staffed_seconds(self) -> float:
+        """Operator-seconds on duty inside business hours over the period (occupancy's base)."""
+        cal, epoch = self.schedule.calendar, self.epoch
+        total = self.operators * open_seconds(cal, epoch, epoch + timedelta(seconds=self.period))
+        for a, b in self.breaks:
+            a, b = max(a, 0.0), min(b, self.period)
+            if b > a:
+                total -= open_seconds(cal, epoch + timedelta(seconds=a), epoch + timedelta(seconds=b))
+        return max(total, 0.0)
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,7 @@ class RunResult:
     first_attempt: tuple[float, ...]  # seconds from request to first try
     busy_in_period: float  # operator-seconds inside the period's business hours
     open_seconds: float  # business-hours seconds in the period
+    staffed_seconds: float = 0.0  # operator-seconds on duty in those hours (0: operators x open)
     delayed: int = 0  # queued callers who found every operator busy
     queue_wait: float = 0.0  # seconds queued callers waited, answered or not
 
@@ -123,7 +138,8 @@ class RunResult:
         return self.net_lost / self.counted if self.counted else None
 
     def occupancy(self, operators: int) -> float | None:
-        return self.busy_in_period / (operators * self.open_seconds) if self.open_seconds else None
+        staffed = self.staffed_seconds or operators * self.open_seconds
+        return self.busy_in_period / staffed if staffed else None
 
     @property
     def callbacks_per_hour(self) -> float | None:
@@ -280,6 +296,9 @@ class _Run:
             self.push(c.at, "arrive", i)
         for lead in self.leads:
             self.push(lead.at, "lead", lead)
+        for start, end in self.s.breaks:
+            self.push(start, "away", -1)
+            self.push(end, "away", +1)
         horizon = self.s.horizon
         if horizon is None:
             horizon = self.s.period + self.s.schedule.max_age.total_seconds()
@@ -335,6 +354,11 @@ class _Run:
 
     def _on_free(self, now: float, _: object) -> None:
         self.free += 1
+
+    def _on_away(self, now: float, change: int) -> None:
+        """A break starts (-1) or ends (+1). Below zero free: the one going away is on a call and
+        leaves when it ends (that call's own "free" brings the count back to zero)."""
+        self.free += change
 
     def _on_due(self, now: float, _: object) -> None:
         pass  # dispatch runs after every event
@@ -429,7 +453,27 @@ class _Run:
             open_seconds=open_seconds(
                 self.s.schedule.calendar, self.s.epoch, self.s.epoch + timedelta(seconds=self.s.period)
             ),
+            staffed_seconds=self.s.staffed_seconds(),
         )
+
+
+def daily_breaks(
+    spans: Sequence[tuple[time, time]], tz: tzinfo, epoch: datetime, period: float
+) -> tuple[tuple[float, float], ...]:
+    """Each (start, end) wall-clock span, in ``tz``, on every day the period touches, as seconds
+    from the epoch (a span ending at or before its start runs past midnight)."""
+    out = []
+    end = epoch + timedelta(seconds=period)
+    day = epoch.astimezone(tz).date() - timedelta(days=1)
+    while datetime.combine(day, time(0), tz) < end:
+        for a, b in spans:
+            start = datetime.combine(day, a, tz)
+            stop = datetime.combine(day + timedelta(days=1) if b <= a else day, b, tz)
+            lo, hi = (start - epoch).total_seconds(), (stop - epoch).total_seconds()
+            if hi > 0 and lo < period:
+                out.append((lo, hi))
+        day += timedelta(days=1)
+    return tuple(sorted(out))
 
 
 def simulate(
@@ -438,6 +482,8 @@ def simulate(
     """One run; the same seed gives the same result."""
     if scenario.operators < 1:
         raise ValueError("at least one operator")
+    if any(b <= a for a, b in scenario.breaks):
+        raise ValueError("a break must end after it starts")
     ordered = sorted(calls, key=lambda c: c.at)
     return _Run(ordered, leads, behaviour, scenario, random.Random(seed)).run()
 

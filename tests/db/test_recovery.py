@@ -214,6 +214,14 @@ async def test_cli_simulate_replays_the_period(engine, db_url, tmp_path, capsys)
     assert set(out["scenarios"]) == {"as stored", "dialer off", "what-if"}
     assert out["scenarios"]["what-if"]["operators"] == 3
     assert out["scenarios"]["dialer off"]["callbacks_per_hour"]["mean"] == 0
+    # The rota: one of three operators away all day long, every scenario pays for it.
+    full = ["--format", "json", "--operators", "3", "--delays", "30m"]
+    assert await asyncio.to_thread(cli.main, [*base, *full, "--breaks", "00:00-00:00"]) == 0
+    away = json.loads(capsys.readouterr().out)
+    assert away["fitted"]["breaks"] == ["00:00:00-00:00:00"]
+    assert away["scenarios"]["what-if"]["occupancy"]["mean"] == pytest.approx(
+        out["scenarios"]["what-if"]["occupancy"]["mean"] * 3 / 2
+    )
     assert await asyncio.to_thread(cli.main, base) == 0
     assert "net lost rate" in capsys.readouterr().out
     assert await asyncio.to_thread(cli.main, [*base, "--delays", "soon"]) == 2

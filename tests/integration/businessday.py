@@ -46,7 +46,9 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -288,8 +290,29 @@ def lab_default() -> None:
         pause(op, False)
 
 
-async def measure(config: Path, start: datetime, end: datetime, runs: int, seed: int) -> dict:
-    """The day as ``callbackd report --recovery`` and ``callbackd simulate`` see it."""
+def rota(plan: Plan, opening: datetime, k: float, tz: str) -> list[tuple[dtime, dtime]]:
+    """The day's breaks as ``callbackd simulate --breaks`` takes them: wall-clock spans in the
+    schedule's time zone (the database records who answered, not who was paused)."""
+    zone = ZoneInfo(tz)
+    spans = []
+    for _op, start, length in plan.breaks:
+        a = (opening + timedelta(seconds=start / k)).astimezone(zone)
+        b = (opening + timedelta(seconds=(start + length) / k)).astimezone(zone)
+        spans.append((a.timetz().replace(tzinfo=None), b.timetz().replace(tzinfo=None)))
+    return spans
+
+
+async def measure(
+    config: Path,
+    start: datetime,
+    end: datetime,
+    runs: int,
+    seed: int,
+    breaks: list[tuple[dtime, dtime]],
+    now: datetime,
+) -> dict:
+    """The day as ``callbackd report --recovery`` and ``callbackd simulate --breaks`` see it,
+    read at *now* (after the close: nothing is dialled until the next day's opening)."""
     from callbackd import config as config_mod
     from callbackd import whatif
     from callbackd.adapters import db, reports
@@ -320,7 +343,7 @@ async def measure(config: Path, start: datetime, end: datetime, runs: int, seed:
     ]
     # An upper estimate: with the dialer on, a client a callback reached did not call again.
     own_only = sum(1 for c in lost if not any(t > c.started_at for t in answered.get(c.number or "", [])))
-    sim = await whatif.run(cfg, start, end, whatif.Changes(), runs=runs, seed=seed)
+    sim = await whatif.run(cfg, start, end, whatif.Changes(), runs=runs, seed=seed, now=now, breaks=breaks)
     t = rep.total
     counted = t.offered - t.short_abandoned
     return {
@@ -361,6 +384,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=20261130)
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "out" / "businessday.json")
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="read the days stored under --work by an earlier run of the same arguments again "
+        "(its --output holds their opening and close) with this code's report and simulator",
+    )
     args = p.parse_args()
     day = args.minutes * 60.0
     calls = round(args.calls * args.minutes)
@@ -377,6 +406,35 @@ def main() -> int:
         "days": {},
     }
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.dialer]
+    k = DAY_HOURS * 60 / args.minutes
+    if args.remeasure:
+        if args.work is None:
+            p.error("--remeasure needs the --work of the earlier run")
+        before = json.loads(args.output.read_text())
+        for dialer in modes:
+            name = "dialer on" if dialer else "dialer off"
+            figures = before["days"][name]
+            day_work = work / ("dialer-on" if dialer else "dialer-off")
+            opening = datetime.fromisoformat(figures["opening"])
+            close = datetime.fromisoformat(figures["close"])
+            # The night began a little before the opening; nothing was stored before the daemon ran.
+            night_start = datetime.fromisoformat(figures.get("night_start") or figures["opening"]) - (
+                timedelta(0) if "night_start" in figures else timedelta(minutes=args.night + 1)
+            )
+            read_at = datetime.fromisoformat(figures.get("read_at") or figures["close"]) + (
+                timedelta(0) if "read_at" in figures else timedelta(minutes=2)
+            )
+            tz = config_tz(day_work / "callbackd.toml")
+            breaks = rota(plan, opening, k, tz)
+            figures.update(
+                asyncio.run(
+                    measure(
+                        day_work / "callbackd.toml", night_start, close, args.runs, args.seed, breaks, read_at
+                    )
+                )
+            )
+            out["days"][name] = figures
+        return finish(out, args.output)
     # A SIGTERM (a timeout, a service stop) still runs the clean-up that puts the lab back.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with lab_lock():
@@ -397,10 +455,15 @@ def main() -> int:
                 started = time.time()
                 night_start, opening, close = asyncio.run(d.run())
                 # The day's calls and the night's leads; figures over what happened until the close.
+                read_at = datetime.now(UTC)
+                config = d.work / "callbackd.toml"
+                breaks = rota(plan, opening, k, config_tz(config))
                 figures = asyncio.run(
-                    measure(d.work / "callbackd.toml", night_start, close, args.runs, args.seed)
+                    measure(config, night_start, close, args.runs, args.seed, breaks, read_at)
                 )
                 figures.update(
+                    night_start=night_start.isoformat(),
+                    read_at=read_at.isoformat(),
                     placed=d.placed,
                     own_calls_placed=d.own_calls,
                     leads_accepted=d.leads_ok,
@@ -411,6 +474,16 @@ def main() -> int:
                 out["days"]["dialer on" if dialer else "dialer off"] = figures
         finally:
             lab_default()
+    return finish(out, args.output)
+
+
+def config_tz(config: Path) -> str:
+    from callbackd import config as config_mod
+
+    return config_mod.load(str(config)).schedule.timezone
+
+
+def finish(out: dict, output: Path) -> int:
     on = out["days"].get("dialer on")
     if on:
         predicted = on["simulated"]["scenarios"]["as stored"]["net_lost_rate"]["mean"]
@@ -424,12 +497,22 @@ def main() -> int:
             "prediction_error": (predicted - measured) / measured
             if measured and predicted is not None
             else None,
+            "predicted_car": on["simulated"]["scenarios"]["as stored"]["car"]["mean"],
             "dialer_off_measured": (out["days"].get("dialer off") or {}).get("net_lost_rate"),
             "dialer_off_estimated": on["dialer_off_estimate"]["net_lost_rate"],
             "dialer_off_predicted": on["simulated"]["scenarios"]["dialer off"]["net_lost_rate"]["mean"],
         }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(out, indent=2, default=str))
+        off = out["days"].get("dialer off")
+        if off:  # the simulator on the other day: its queue alone, nothing called back
+            alone = off["simulated"]["scenarios"]["dialer off"]
+            out["summary"]["dialer_off_day"] = {
+                "car": off["car"],
+                "predicted_car": alone["car"]["mean"],
+                "net_lost_rate": off["net_lost_rate"],
+                "predicted_net_lost_rate": alone["net_lost_rate"]["mean"],
+            }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(out, indent=2, default=str))
     print(json.dumps(out, indent=2, default=str))
     return 0
 

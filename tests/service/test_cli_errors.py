@@ -242,6 +242,8 @@ def test_bad_choices_exit_2_with_the_valid_ones(tmp_path, args, choices):
         ["report", "--from", "2026-02-01", "--to", "2026-01-01"],
         ["requests", "at", "1", "tomorrow at ten"],
         ["webhooks", "retry"],
+        ["simulate", "--from", "2026-01-01", "--breaks", "lunch"],
+        ["simulate", "--from", "2026-01-01", "--breaks", "12:00-25:00"],
     ],
     ids=" ".join,
 )

@@ -257,3 +257,59 @@ def test_patience_is_the_censored_exponential_estimate():
 def test_hours_of_the_client_window_parse():
     w = BusinessCalendar.from_spec("UTC", {"mon-sun": ["10:00-20:00"]})
     assert w.weekly[0] == ((time(10), time(20)),)
+
+
+# -- the rota: operators on a break --------------------------------------------------------
+
+
+def test_one_of_two_operators_away_all_period_is_one_operator():
+    """A break over the whole period leaves exactly the one-operator run (same seed, same draws)."""
+    rng = random.Random(7)
+    t, calls = 0.0, []
+    for _ in range(400):
+        t += rng.expovariate(1 / 20)
+        calls.append(SimCall(t, f"+1{rng.randrange(50)}", True, patience=rng.expovariate(1 / 30), talk=25))
+    b = Behaviour(1 / 30, (25.0,), (0.6, 0.3), (40.0,), 20.0)
+    sched = Schedule(
+        calendar=BusinessCalendar.always_open(), ladder=RetryLadder(delays=(timedelta(minutes=30),))
+    )
+    one = Scenario(1, sched, MON, period=t)
+    two_one_away = replace(one, operators=2, breaks=((-1.0, t + 86400 * 30),))
+    assert simulate(calls, [], b, two_one_away, seed=3) == simulate(calls, [], b, one, seed=3)
+    with pytest.raises(ValueError, match="end after it starts"):
+        simulate(calls, [], b, replace(one, breaks=((10.0, 10.0),)), seed=3)
+
+
+def test_an_operator_finishes_the_call_before_the_break_and_is_away_until_it_ends():
+    b = Behaviour(1e-9, (1.0,), (1.0,), (1.0,), 1.0)
+    sc = Scenario(1, ALWAYS, MON, period=3600, dialer=False, short_abandon=0, breaks=((50.0, 150.0),))
+    first = SimCall(0, "+1A", True, patience=1000, talk=100)
+    # B comes at 110: the operator ended A's call at 100 and went away until 150.
+    r = simulate([first, SimCall(110, "+1B", True, patience=30, talk=10)], [], b, sc, seed=1)
+    assert (r.abandoned, r.queue_wait) == (1, 30.0)  # gave up at 140, during the break
+    r = simulate([first, SimCall(110, "+1B", True, patience=60, talk=10)], [], b, sc, seed=1)
+    assert (r.abandoned, r.queue_wait, r.busy_in_period) == (0, 40.0, 110.0)  # answered at 150
+    # Occupancy over the time on duty: 3600 s less the 100 s break.
+    assert r.occupancy(1) == pytest.approx(110 / 3500)
+    no_break = simulate(
+        [first, SimCall(110, "+1B", True, patience=30, talk=10)], [], b, replace(sc, breaks=()), seed=1
+    )
+    assert (no_break.abandoned, no_break.queue_wait) == (0, 0.0)
+
+
+def test_daily_break_spans_land_on_every_day_of_the_period_in_the_schedule_zone():
+    from zoneinfo import ZoneInfo
+
+    from callbackd.domain.simulation import daily_breaks
+
+    moscow = ZoneInfo("Europe/Moscow")  # UTC+3
+    spans = [(time(12, 0), time(12, 30)), (time(23, 30), time(0, 30))]
+    got = daily_breaks(spans, moscow, MON, period=2 * 86400)  # Mon 00:00 UTC = 03:00 Moscow
+    # Sunday's 23:30-00:30 Moscow (20:30-21:30 UTC Sunday) is over before the period: left out.
+    h = 3600
+    assert got == (
+        (9 * h, 9.5 * h),  # Monday 12:00 Moscow = 09:00 UTC
+        (20.5 * h, 21.5 * h),  # Monday 23:30 Moscow, past midnight
+        (33 * h, 33.5 * h),
+        (44.5 * h, 45.5 * h),  # Tuesday's; Wednesday 12:00 Moscow is after the period
+    )
