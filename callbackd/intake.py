@@ -59,6 +59,9 @@ DROP_BATCH = 200
 # A batch takes a few round trips to the database whatever its size, and while AMI is read each
 # waits for a read to end: under a burst the batch size is what lets the writer keep up.
 WRITE_BATCH = 1000
+# The writer lets the event loop run after this many items of a batch, so a big batch holds up
+# reading AMI no longer than a small one did.
+YIELD_EVERY = 200
 # A spooled entry the database keeps refusing (not a connection problem) is set aside after this many tries.
 MAX_REFUSED_TRIES = 3
 # How often "spool full" is repeated in the log while it lasts.
@@ -307,9 +310,11 @@ class IntakeService:
                 batch = self.store.batch(s)
                 numbers, contacts, decisions = self._batch_reads(jobs)
                 await batch.prefetch(numbers, contacts)
-                for job in jobs:
+                for i, job in enumerate(jobs, 1):
                     result, after = await self._store_in(job.entry, batch, decisions.get(id(job.entry)))
                     done.append((job, result, after))
+                    if i % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # let AMI be read: a batch's items take a while
                 await batch.finish()
         except asyncio.CancelledError:
             raise
