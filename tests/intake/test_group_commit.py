@@ -58,6 +58,20 @@ async def test_a_burst_longer_than_the_writer_goes_without_yielding_is_one_trans
     assert (calls, requests, counts) == (300, 150, {2})
 
 
+async def test_the_backlog_counts_what_is_queued_and_dates_it_by_its_oldest_item(tmp_path):
+    cfg = daemon_config(tmp_path, schedule=ALWAYS)
+    async with built_daemon(cfg) as d:
+        assert (d.intake.backlog().queued, d.intake.backlog().oldest) == (0, None)
+        for i in range(5):
+            abandon(d, f"1700000000.{i}", f"20255501{i:02d}")
+        backlog = d.intake.backlog()  # nothing taken yet: the writer has not run
+        first = d.intake._queue[0].entry.queued_at
+        assert backlog.queued == 10 and backlog.oldest == first
+        assert all(first <= job.entry.queued_at for job in d.intake._queue)
+        await asyncio.wait_for(d.intake.idle(), 60)
+        assert (d.intake.backlog().queued, d.intake.backlog().oldest) == (0, None)
+
+
 async def test_an_item_the_database_refuses_costs_the_batch_nothing_but_its_group_commit(tmp_path, pg_url):
     """A queue name longer than its column (PostgreSQL refuses it) in the middle of a burst: the batch
     is rolled back and its items taken one by one: every other item is stored, the bad one set aside."""
