@@ -67,6 +67,37 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The AMI events the daemon reads, and what each one feeds: the operator pool (queue members,
+# callers waiting), the dialer (its own calls' progress, and a look for free operators when a
+# member's state changes) and the missed-call detector. This table is the routing: any other event
+# feeds nothing, and the AMI client drops it unparsed (only the event-lag metric misses it).
+POOL, DIALER, WAKE, DETECTOR = 1, 2, 4, 8
+AMI_ROUTES: dict[str, int] = {
+    # calls: their start, caller number, progress and end
+    "Newchannel": DETECTOR,
+    "NewCallerid": DETECTOR,
+    "Newstate": DIALER,
+    "DialBegin": DIALER | DETECTOR,
+    "DialEnd": DETECTOR,
+    "BridgeEnter": DIALER,
+    "HangupRequest": DETECTOR,
+    "Hangup": DIALER | DETECTOR,
+    "UserEvent": DIALER | DETECTOR,  # CallbackdResult (an attempt's verdict), CallbackdMark
+    # queues: callers, and the members who answer them
+    "QueueCallerJoin": POOL | DETECTOR,
+    "QueueCallerLeave": POOL | DETECTOR,
+    "QueueCallerAbandon": DETECTOR,
+    "QueueParams": POOL,
+    "AgentCalled": DETECTOR,
+    "AgentConnect": DETECTOR,
+    "QueueMember": POOL,
+    "QueueMemberStatus": POOL | WAKE,
+    "QueueMemberAdded": POOL,
+    "QueueMemberRemoved": POOL,
+    "QueueMemberPause": POOL,
+}
+
+
 def intake_rules(cfg: Config) -> IntakeRules:
     n = cfg.numbers
     return IntakeRules(
@@ -200,6 +231,7 @@ class Daemon:
             username=a.username,
             secret=self.cfg.ami_secret(),
             on_event=self.on_event,
+            wanted=AMI_ROUTES,
             on_login=self.on_login,
             ping_interval=a.ping_interval.total_seconds(),
             ping_timeout=a.ping_timeout.total_seconds(),
@@ -506,15 +538,21 @@ class Daemon:
             log.info("ami.asterisk", version=version, ami_version=settings.get("AMIversion"))
 
     def on_event(self, ev: dict[str, str]) -> None:
+        """One AMI event, to what :data:`AMI_ROUTES` says it feeds."""
         now = utcnow()
         self.metrics.event_received(ev, now.timestamp())
-        self.pool.update(ev)
-        self.dialer.on_event(ev)
-        name = ev.get("Event")
-        if name == "QueueMemberStatus":
+        route = AMI_ROUTES.get(ev.get("Event", ""), 0)
+        if not route:
+            return
+        if route & POOL:
+            self.pool.update(ev)
+        if route & DIALER:
+            self.dialer.on_event(ev)
+        if route & WAKE:
             self.dialer.wake.set()
-        for out in self.detector.feed(ev, now):
-            self.intake.put(out)
+        if route & DETECTOR:
+            for out in self.detector.feed(ev, now):
+                self.intake.put(out)
 
     # -- lead intake -----------------------------------------------------------------
 

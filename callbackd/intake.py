@@ -56,7 +56,12 @@ DROP_BATCH = 200
 # Group commit: the writer stores what is queued when it turns to the queue, up to this many
 # items in one transaction. It never waits for a batch to fill: under a trickle every item is
 # its own transaction, under a burst the items that queued during one commit share the next.
-WRITE_BATCH = 200
+# A batch takes a few round trips to the database whatever its size, and while AMI is read each
+# waits for a read to end: under a burst the batch size is what lets the writer keep up.
+WRITE_BATCH = 1000
+# The writer lets the event loop run after this many items of a batch, so a big batch holds up
+# reading AMI no longer than a small one did.
+YIELD_EVERY = 200
 # A spooled entry the database keeps refusing (not a connection problem) is set aside after this many tries.
 MAX_REFUSED_TRIES = 3
 # How often "spool full" is repeated in the log while it lasts.
@@ -305,9 +310,11 @@ class IntakeService:
                 batch = self.store.batch(s)
                 numbers, contacts, decisions = self._batch_reads(jobs)
                 await batch.prefetch(numbers, contacts)
-                for job in jobs:
+                for i, job in enumerate(jobs, 1):
                     result, after = await self._store_in(job.entry, batch, decisions.get(id(job.entry)))
                     done.append((job, result, after))
+                    if i % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # let AMI be read: a batch's items take a while
                 await batch.finish()
         except asyncio.CancelledError:
             raise
@@ -601,14 +608,20 @@ class IntakeService:
     # -- what status and metrics show ----------------------------------------------------
 
     def backlog(self) -> Backlog:
-        waiting = self._current + list(self._queue)
-        times = [j.entry.queued_at for j in waiting if j.entry.queued_at is not None]
+        """What waits for the database. Items queue in arrival order, each stamped as it arrives,
+        so the oldest of each part is its head: this costs the same with 10 or 10,000 queued
+        (status and metrics ask often, on the thread that reads AMI)."""
+        times = [
+            part[0].entry.queued_at
+            for part in (self._current, self._queue)
+            if part and part[0].entry.queued_at is not None
+        ]
         if self._replay_pos < len(self.spool):
             head = self.spool.items[self._replay_pos].queued_at
             if head is not None:
                 times.append(head)
         return Backlog(
-            queued=len(waiting),
+            queued=len(self._current) + len(self._queue),
             spooled=len(self.spool) - self._replay_pos,
             oldest=min(times) if times else None,
             spool_full=self.spool.full,

@@ -13,7 +13,9 @@ quirks are contained here:
 - events reach the rest of the daemon as plain ``dict[str, str]``: an ordinary event (no
   ActionID, no repeated header) is parsed straight into one by :func:`parse_event`, without
   panoramisk's case-insensitive Message; everything else (responses, action events, odd
-  input) still goes through panoramisk and :func:`to_dict`, which give the same dict.
+  input) still goes through panoramisk and :func:`to_dict`, which give the same dict;
+- an ordinary event the daemon does not read (its name outside the client's ``wanted``) is
+  dropped once its first line is read (:func:`unwanted`), before any parsing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +71,25 @@ def to_dict(message: Any) -> dict[str, str]:
 _SLOW_KEYS = frozenset({"actionid", "commandid", "result", "content"})
 _EOL = "\r\n"
 _EOM = "\r\n\r\n"
+_EVENT = "Event: "
+
+
+def unwanted(block: str, wanted: Container[str]) -> bool:
+    """Whether *block* (one message's text) is a plain event named outside *wanted*, which the
+    daemon drops unparsed. Never one that panoramisk may need (a reply to an action, an event of
+    an action's list, a shutdown) nor one whose name is not as Asterisk writes names (letters
+    and digits), whatever :func:`parse_event` would make of it."""
+    if not block.startswith(_EVENT):
+        return False
+    end = block.find(_EOL)
+    name = block[7:] if end < 0 else block[7:end]
+    if name in wanted or not name.isalnum() or name.lower() == "shutdown":
+        return False
+    # _SLOW_KEYS as a lowered message holds them after a line end (the first line is the Event's).
+    low = block.lower()
+    return not (
+        "\nactionid: " in low or "\ncommandid: " in low or "\nresult: " in low or "\ncontent: " in low
+    )
 
 
 def parse_event(block: str) -> dict[str, str] | None:
@@ -105,7 +126,7 @@ class SafeAmiProtocol(AMIProtocol):
             if fast is None or self.version is None:
                 super().data_received(data)
             else:
-                self._receive(data.decode("ascii", "ignore"), fast)
+                self._receive(data.decode("ascii", "ignore"), fast, getattr(self.factory, "wanted", None))
         except Exception as exc:  # the rest of this chunk is lost, the connection is not
             log.warning("ami.bad_data", error=repr(exc)[:200])
         if sum(len(part) for part in self.queue) > MAX_PENDING:
@@ -113,14 +134,20 @@ class SafeAmiProtocol(AMIProtocol):
             self.queue.clear()
             self.transport.close()
 
-    def _receive(self, data: str, fast: Callable[[dict[str, str]], None]) -> None:
-        """panoramisk's data_received (same framing), with plain events parsed by parse_event."""
+    def _receive(
+        self, data: str, fast: Callable[[dict[str, str]], None], wanted: Container[str] | None = None
+    ) -> None:
+        """panoramisk's data_received (same framing), with plain events parsed by parse_event;
+        with *wanted*, the plain events named outside it dropped unparsed (counted)."""
         if self.queue:
             data = self.queue.popleft() + data
         blocks = data.split(_EOM)
         self.queue.append(blocks.pop())
         for block in blocks:
             block = block.strip()
+            if wanted is not None and unwanted(block, wanted):
+                self.factory.dropped += 1
+                continue
             event = parse_event(block)
             if event is not None:
                 fast(event)
@@ -162,6 +189,7 @@ class AmiClient:
         username: str,
         secret: str,
         on_event: Callable[[dict[str, str]], None],
+        wanted: Container[str] | None = None,
         on_login: Callable[[], Awaitable[None]] | None = None,
         ping_interval: float = 10.0,
         ping_timeout: float = 5.0,
@@ -202,8 +230,16 @@ class AmiClient:
         )
         self.manager.client = self
         self.manager.register_event("*", self._dispatch)
-        # SafeAmiProtocol hands plain events here as dicts, past panoramisk's dispatch.
+        # SafeAmiProtocol hands plain events here as dicts, past panoramisk's dispatch; with
+        # *wanted* (the event names on_event reads), it drops the other plain events unparsed.
         self.manager.on_plain_event = self._deliver
+        self.manager.wanted = wanted
+        self.manager.dropped = 0
+
+    @property
+    def dropped(self) -> int:
+        """Plain events dropped unparsed since start: named outside *wanted*."""
+        return self.manager.dropped
 
     # -- lifecycle -------------------------------------------------------------------
 

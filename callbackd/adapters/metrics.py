@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import platform
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,8 +34,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from callbackd.domain.outcomes import Outcome
 from callbackd.domain.states import RequestStatus
@@ -116,6 +118,30 @@ class _LiveCollector(Collector):
         )
 
 
+class FastHistogram(Collector):
+    """A histogram for a value observed on every AMI event: a bucket count and a sum, no lock and
+    no per-bucket loop (prometheus_client's Histogram takes both on each observation, a few µs
+    an event). Exposed as prometheus_client's would be, less the ``_created`` sample."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(sorted(float(b) for b in buckets))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value: le="bound"
+        self.sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, total = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            cumulative.append((floatToGoString(bound), total))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
+
+
 class Metrics:
     def __init__(
         self, live: Callable[[], Live], *, db_refresh: float = 5.0, version: str = "unknown"
@@ -138,12 +164,13 @@ class Metrics:
         )
         for outcome in Outcome:
             self.attempts.labels(outcome.value)
-        self.event_lag = Histogram(
+        self.event_lag = FastHistogram(
             "callbackd_ami_event_lag_seconds",
-            "Receipt time minus the AMI event's Timestamp (needs timestampevents = yes)",
-            buckets=EVENT_LAG_BUCKETS,
-            registry=r,
+            "Receipt time minus the AMI event's Timestamp, over the events the daemon reads"
+            " (needs timestampevents = yes)",
+            EVENT_LAG_BUCKETS,
         )
+        r.register(self.event_lag)
         self.first_attempt = Histogram(
             "callbackd_time_to_first_attempt_seconds",
             "From a request's creation to the start of its first attempt",

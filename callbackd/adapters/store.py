@@ -375,7 +375,9 @@ class Store:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        stmt = dialect_insert(m.Call).on_conflict_do_nothing(index_elements=["pbx", "linkedid"])
+        # The table, not the mapped class: the ORM's bulk insert would split the rows into runs of
+        # the same non-NULL columns, a statement each; this is one executemany for them all.
+        stmt = dialect_insert(m.Call.__table__).on_conflict_do_nothing(index_elements=["pbx", "linkedid"])
         await s.execute(stmt, rows)
 
     async def record_call(self, call: CallTrack, number: str | None) -> None:
@@ -980,10 +982,14 @@ class IntakeBatch:
         """Write what the items left to write; the caller commits."""
         await self.s.flush()
         if self._rows:
-            stmt = insert(m.Contact.__table__).returning(m.Contact.id, sort_by_parameter_order=True)
-            ids = (await self.s.execute(stmt, self._rows)).scalars().all()
-            for stored, cid in zip(self._new, ids, strict=True):
-                stored.id = cid
+            # Each id found by its row's key (unique in the batch): RETURNING in the rows' order
+            # would make SQLAlchemy insert them one statement a row on SQLite (no sentinel there).
+            t = m.Contact.__table__
+            stmt = insert(t).returning(t.c.pbx, t.c.source, t.c.source_ref, t.c.id)
+            found = await self.s.execute(stmt, self._rows)
+            ids = {(pbx, source, ref): cid for pbx, source, ref, cid in found}
+            for stored, row in zip(self._new, self._rows, strict=True):
+                stored.id = ids[(row["pbx"], row["source"], row["source_ref"])]
             self._rows, self._new = [], []
         await self.store.insert_calls(self.s, self._calls)
         self._calls = []

@@ -16,6 +16,7 @@ from test_durable_intake import ALWAYS, abandon, ami_event, rows, until
 from callbackd.adapters import models as m
 from callbackd.adapters.db import transient
 from callbackd.adapters.spool import Spool
+from callbackd.intake import WRITE_BATCH, YIELD_EVERY
 
 
 async def test_a_burst_is_stored_in_batches_exactly_once_with_merges_inside_a_batch(tmp_path, db_url):
@@ -37,6 +38,38 @@ async def test_a_burst_is_stored_in_batches_exactly_once_with_merges_inside_a_ba
             ).scalar_one()
     assert by_source["ami"] == sorted([f"1700000000.{i}" for i in range(30)] + ["1700000000.100"])
     assert (calls, requests, merged) == (31, 30, 2)
+
+
+async def test_a_burst_longer_than_the_writer_goes_without_yielding_is_one_transaction(tmp_path, db_url):
+    """600 items queued at once: one batch, though the writer lets the loop run every YIELD_EVERY
+    items of it; a number's second call, hundreds of items later, merges into the request its
+    first one opened in the same batch."""
+    cfg = daemon_config(tmp_path, url=db_url, schedule=ALWAYS)
+    async with built_daemon(cfg) as d:
+        for i in range(300):
+            abandon(d, f"1700000000.{i}", f"2025551{i % 150:03d}")
+        assert len(d.intake._queue) == 600 > 2 * YIELD_EVERY and WRITE_BATCH >= 600
+        await asyncio.wait_for(d.intake.idle(), 120)
+        assert (d.intake.batches, d.intake.batch_fallbacks) == (1, 0)
+        by_source, calls, requests = await rows(d)
+        async with d.store.session() as s:
+            counts = set((await s.execute(select(m.Request.contact_count))).scalars())
+    assert by_source["ami"] == sorted(f"1700000000.{i}" for i in range(300))
+    assert (calls, requests, counts) == (300, 150, {2})
+
+
+async def test_the_backlog_counts_what_is_queued_and_dates_it_by_its_oldest_item(tmp_path):
+    cfg = daemon_config(tmp_path, schedule=ALWAYS)
+    async with built_daemon(cfg) as d:
+        assert (d.intake.backlog().queued, d.intake.backlog().oldest) == (0, None)
+        for i in range(5):
+            abandon(d, f"1700000000.{i}", f"20255501{i:02d}")
+        backlog = d.intake.backlog()  # nothing taken yet: the writer has not run
+        first = d.intake._queue[0].entry.queued_at
+        assert backlog.queued == 10 and backlog.oldest == first
+        assert all(first <= job.entry.queued_at for job in d.intake._queue)
+        await asyncio.wait_for(d.intake.idle(), 60)
+        assert (d.intake.backlog().queued, d.intake.backlog().oldest) == (0, None)
 
 
 async def test_an_item_the_database_refuses_costs_the_batch_nothing_but_its_group_commit(tmp_path, pg_url):

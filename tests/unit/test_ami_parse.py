@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from panoramisk.message import Message
 
-from callbackd.adapters.ami import SafeAmiProtocol, parse_event, to_dict
+from callbackd.adapters.ami import SafeAmiProtocol, parse_event, to_dict, unwanted
+from callbackd.app import AMI_ROUTES
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACES = sorted((ROOT / "tests" / "fixtures" / "ami").glob("*.ami.txt"))
@@ -100,8 +101,10 @@ class Manager:
 
     forgetable_actions: tuple[str, ...] = ()
 
-    def __init__(self, fast: bool) -> None:
+    def __init__(self, fast: bool, wanted: Any = None) -> None:
         self.events: list[dict[str, str]] = []
+        self.wanted = wanted
+        self.dropped = 0
         if fast:
             self.on_plain_event = self.events.append
 
@@ -120,10 +123,10 @@ class Transport:
         pass
 
 
-def received(stream: bytes, fast: bool, seed: int) -> list[dict[str, str]]:
+def received(stream: bytes, fast: bool, seed: int, wanted: Any = None) -> list[dict[str, str]]:
     protocol = SafeAmiProtocol()
     protocol.connection_made(Transport())
-    manager = Manager(fast)
+    manager = Manager(fast, wanted)
     protocol.factory = manager
     rnd = random.Random(seed)
     protocol.data_received(b"Asterisk Call Manager/9.0.0\r\n")
@@ -148,3 +151,51 @@ def test_the_protocol_delivers_the_same_events_either_way_however_the_bytes_are_
         slow = received(stream, fast=False, seed=seed)
         assert received(stream, fast=True, seed=seed) == slow
         assert len(slow) >= len(blocks)
+
+
+@pytest.mark.parametrize("name", sorted(TRACE_BLOCKS))
+def test_events_the_daemon_does_not_route_are_dropped_unparsed_and_nothing_else(name):
+    blocks = TRACE_BLOCKS[name]
+    for block in blocks:
+        if unwanted(block, AMI_ROUTES):
+            event = parse_event(block)
+            assert event is not None and event["Event"] not in AMI_ROUTES, block
+    stream = (EOM.join(blocks) + EOM).encode()
+    kept = (EOM.join(b for b in blocks if not unwanted(b, AMI_ROUTES)) + EOM).encode()
+    for seed in range(3):
+        # on_event is given what it was given before, in order, less the unrouted plain events.
+        assert received(stream, fast=True, seed=seed, wanted=AMI_ROUTES) == received(kept, True, seed)
+    if name == BENCH_TRACE.name:
+        assert 0 < sum(unwanted(b, AMI_ROUTES) for b in blocks) < len(blocks)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "Event: Hangup\r\nUniqueid: 1.1",  # routed
+        "Event: DeviceStateChange\r\nActionID: 7\r\nState: INUSE",  # an action's list: panoramisk's
+        "Event: DeviceStateChange\r\nactionid: 7\r\nState: INUSE",  # the same, in another case
+        "Event: CoreShowChannel\r\nCommandID: 3",
+        "Event: AGIExecEnd\r\nResult: 200",
+        "Event: Newexten\r\nContent: x",
+        "Event: Shutdown\r\nShutdown: Uncleanly",
+        "Event: shutdown",
+        "Event: Hang\x01up\r\nUniqueid: 1.1",  # parse_event drops the control character: Hangup
+        "Event: Hangup \r\nUniqueid: 1.1",
+        "event: DeviceStateChange\r\nState: INUSE",  # not as Asterisk writes it
+        "Response: Success\r\nMessage: Pong",
+    ],
+)
+def test_never_dropped_unparsed(block):
+    assert not unwanted(block, AMI_ROUTES)
+
+
+def test_a_plain_event_outside_the_routes_is_dropped_and_counted():
+    hangup, state = "Event: Hangup\r\nUniqueid: 1.1", "Event: DeviceStateChange\r\nDevice: PJSIP/op1"
+    protocol = SafeAmiProtocol()
+    protocol.connection_made(Transport())
+    manager = protocol.factory = Manager(True, AMI_ROUTES)
+    protocol.data_received(b"Asterisk Call Manager/9.0.0\r\n")
+    protocol.data_received((EOM.join([hangup, state, state, hangup]) + EOM).encode())
+    assert manager.events == [{"Event": "Hangup", "Uniqueid": "1.1"}] * 2
+    assert manager.dropped == 2
