@@ -168,9 +168,11 @@ class Dialer:
         hold = self.cfg.hold_while_callers_wait
         waiting = self.pool.waiting
         stamp = now.timestamp()
-        queues, others = claimable(routes, waiting, hold, lambda qs: bool(self.pool.free(stamp, queues=qs)))
+        queues, others = claimable(
+            routes, waiting, hold, lambda qs: bool(self.pool.free(stamp, queues=qs, hold=hold))
+        )
         capacity = self.cfg.max_concurrent - len(self.runs) - len(self.unsaved)
-        capacity = min(capacity, len(self.pool.free(stamp, queues=routes.queues)))
+        capacity = min(capacity, len(self.pool.free(stamp, queues=routes.queues, hold=hold)))
         if not (queues or others) or capacity <= 0:
             return
         left = self.guard.attempts_left(now) if self.guard is not None else None
@@ -184,7 +186,7 @@ class Dialer:
 
         def take(queue: str | None) -> bool:
             """Oldest first: a request is claimed only if its route still has an unassigned operator."""
-            member = self.pool.pick(stamp, routes.usable(queue, waiting, hold), exclude=assigned)
+            member = self.pool.pick(stamp, routes.usable(queue, waiting, hold), exclude=assigned, hold=hold)
             if member is not None:
                 assigned.add(member.interface)
             return member is not None
@@ -200,7 +202,7 @@ class Dialer:
         )
         for req in claimed:
             usable = routes.usable(req.queue, self.pool.waiting, hold)
-            member = self.pool.pick(self.clock().timestamp(), usable)
+            member = self.pool.pick(self.clock().timestamp(), usable, hold=hold)
             # A SIGTERM while the claim was in the database: give it back, start nothing.
             if not self.accepting or member is None or req.number in busy:
                 await self._give_back(req)

@@ -107,8 +107,12 @@ class OperatorPool:
         self.default_wrapup = wrapup_seconds
         self.members: dict[str, Member] = {}
         self.reserved: set[str] = set()
-        # Live callers waiting per queue: callbacks must not jump ahead of them.
+        # Live callers waiting per queue, every queue (not only the dialer's): callbacks must not
+        # jump ahead of them, nor take an operator Asterisk is about to ring for them.
         self.waiting: dict[str, int] = {}
+        # Memberships in queues the dialer does not serve: interface -> {queue: paused}. A member
+        # of support who also answers sales is needed there while sales has callers waiting.
+        self.elsewhere: dict[str, dict[str, bool]] = {}
 
     def _wanted(self, queue: str) -> bool:
         return not self.queues or queue in self.queues
@@ -118,12 +122,14 @@ class OperatorPool:
         name = event.get("Event", "")
         queue = event.get("Queue", "")
         if name in ("QueueCallerJoin", "QueueCallerLeave", "QueueParams"):
-            if self._wanted(queue):
-                count = event.get("Count") if name != "QueueParams" else event.get("Calls")
-                self.waiting[queue] = _int(count)
+            count = event.get("Count") if name != "QueueParams" else event.get("Calls")
+            self.waiting[queue] = _int(count)
             return
         interface = event.get("Interface") or event.get("Location") or ""
-        if not interface or not self._wanted(queue):
+        if not interface:
+            return
+        if not self._wanted(queue):
+            self._elsewhere(name, interface, queue, event)
             return
         if name == "QueueMemberRemoved":
             member = self.members.get(interface)
@@ -157,11 +163,31 @@ class OperatorPool:
         if "Wrapuptime" in event:
             member.wrapup = _int(event.get("Wrapuptime"))
 
+    def _elsewhere(self, name: str, interface: str, queue: str, event: Mapping[str, str]) -> None:
+        """A membership in a queue the dialer does not serve: kept only to know whom it needs."""
+        if name == "QueueMemberRemoved":
+            queues = self.elsewhere.get(interface, {})
+            queues.pop(queue, None)
+            if not queues:
+                self.elsewhere.pop(interface, None)
+        elif name in ("QueueMember", "QueueMemberStatus", "QueueMemberAdded", "QueueMemberPause"):
+            queues = self.elsewhere.setdefault(interface, {})
+            paused = event.get("Paused")
+            queues[queue] = queues.get(queue, False) if paused is None else paused == "1"
+
+    def needed(self, member: Member) -> bool:
+        """Live callers wait in a queue this member answers (unpaused), served by the dialer or
+        not: Asterisk is about to ring it for them, so no callback may take it first."""
+        queues = member.queues - member.paused_in
+        queues |= {q for q, paused in self.elsewhere.get(member.interface, {}).items() if not paused}
+        return any(self.waiting.get(q, 0) > 0 for q in queues)
+
     def resync(self, status_events: Iterable[Mapping[str, str]]) -> None:
         """Replace live state with a QueueStatus answer, keeping our own LRU record."""
         used = {k: m.last_used for k, m in self.members.items()}
         self.members.clear()
         self.waiting.clear()
+        self.elsewhere.clear()
         for event in status_events:
             self.update(event)
         for key, when in used.items():
@@ -171,11 +197,16 @@ class OperatorPool:
     def callers_waiting(self, queues: Iterable[str] | None = None) -> int:
         """Live callers waiting, in ``queues`` or in all the watched ones."""
         if queues is None:
-            return sum(self.waiting.values())
+            return sum(n for q, n in self.waiting.items() if self._wanted(q))
         return sum(self.waiting.get(q, 0) for q in set(queues))
 
-    def is_free(self, member: Member, now: float, queues: Iterable[str] | None = None) -> bool:
+    def is_free(
+        self, member: Member, now: float, queues: Iterable[str] | None = None, hold: bool = False
+    ) -> bool:
+        """Free to ring; with ``hold``, also not :meth:`needed` by live callers."""
         if member.interface in self.reserved or member.in_call or not member.takes(queues):
+            return False
+        if hold and self.needed(member):
             return False
         if member.status != NOT_INUSE:
             return False
@@ -183,24 +214,31 @@ class OperatorPool:
         return not (wrapup and member.last_call and now < member.last_call + wrapup)
 
     def free(
-        self, now: float, exclude: Iterable[str] = (), queues: Iterable[str] | None = None
+        self,
+        now: float,
+        exclude: Iterable[str] = (),
+        queues: Iterable[str] | None = None,
+        hold: bool = False,
     ) -> list[Member]:
-        """Free members we can dial (of ``queues``, when given), least recently used first."""
+        """Free members we can dial (of ``queues``, when given), least recently used first;
+        with ``hold``, none that live callers need (the dialer's view; status shows all free)."""
         skip = set(exclude)
         wanted = None if queues is None else frozenset(queues)
         found = [
             m
             for m in self.members.values()
-            if m.interface not in skip and self.is_free(m, now, wanted) and _diallable(m.interface)
+            if m.interface not in skip and self.is_free(m, now, wanted, hold) and _diallable(m.interface)
         ]
         return sorted(found, key=lambda m: (max(m.last_used, m.last_call), m.interface))
 
-    def pick(self, now: float, route: Iterable[str], exclude: Iterable[str] = ()) -> Member | None:
+    def pick(
+        self, now: float, route: Iterable[str], exclude: Iterable[str] = (), hold: bool = False
+    ) -> Member | None:
         """The operator for one callback: the least recently used free member of the first
         queue in ``route`` that has one (the client's queue, then its fall-backs)."""
         skip = set(exclude)
         for queue in route:
-            found = self.free(now, skip, queues=(queue,))
+            found = self.free(now, skip, queues=(queue,), hold=hold)
             if found:
                 return found[0]
         return None

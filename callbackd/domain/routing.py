@@ -2,8 +2,10 @@
 
 A request remembers the queue its client waited in. Its callback rings a free member of
 that queue, else of the queue's configured fall-back queues in order. Live callers waiting
-in a queue hold back only that queue's callbacks (a caller in sales never delays a support
-callback), and a fall-back queue with callers of its own lends nobody. A request with no
+in a queue hold back that queue's callbacks, and a fall-back queue with callers of its own
+lends nobody. Operators are held per person too (:meth:`OperatorPool.needed`): one who also
+answers a queue with callers waiting, served by the dialer or not, takes no callback, so a
+caller in sales delays a support callback only through the operators the two queues share. A request with no
 queue, or one the dialer does not serve (a web lead, a call to a DID with no queue), may go
 to any served queue, and waits while callers wait in any of them.
 

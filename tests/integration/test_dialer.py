@@ -130,6 +130,23 @@ async def test_live_callers_waiting_hold_callbacks_back(lab, fresh, daemon_facto
     assert ts(ringing) > ts(abandon), "a callback started while a live caller waited"
 
 
+async def test_a_caller_waiting_in_a_queue_the_dialer_does_not_serve_holds_the_operators_it_shares(
+    lab, fresh, daemon_factory, tmp_path
+):
+    """The dialer serves support only; op1 and op2 answer sales too. While a sales caller waits
+    (op2 rung first and not answering, op1 next in line), no callback takes op1."""
+    lab.operator("op2", "noanswer")
+    config = lab_config(tmp_path)  # queues = ["support"]
+    daemon = daemon_factory(config)
+    caller = asyncio.create_task(asyncio.to_thread(lab.call, "2025550233", 8, "101"))
+    await asyncio.sleep(2)
+    add(config, "+12025550234")
+    abandon = await wait(daemon, "call.missed", 20, number="2025550233")
+    await caller
+    ringing = await wait(daemon, "operator.ringing", 20)
+    assert ts(ringing) > ts(abandon), "a callback took an operator a sales caller was waiting for"
+
+
 async def test_a_sales_abandon_is_called_back_by_a_sales_member_with_the_sales_caller_id(
     lab, fresh, daemon_factory, tmp_path
 ):

@@ -188,3 +188,37 @@ def test_the_originate_rings_the_members_dial_channel():
         run = SimpleNamespace(attempt_id="a1", channel_id="cbd-a1", operator=operator, try_no=1)
         fields = originate_fields(DialerConfig(), run, "Ada", E164("+12025550123"), "queue_abandon")
         assert fields["Channel"] == channel
+
+
+def test_an_operator_who_also_answers_a_queue_with_callers_waiting_is_held_for_them():
+    """The dialer serves support; op1 and op2 answer sales too. A sales caller waiting holds
+    both (Asterisk is about to ring them), unless paused in sales; status still shows them free."""
+    pool = OperatorPool(["support"])
+    for op in ("PJSIP/op1", "PJSIP/op2", "PJSIP/op3"):
+        pool.update(member(op))
+    pool.update(member("PJSIP/op1", queue="sales"))
+    pool.update(member("PJSIP/op2", queue="sales"))
+    pool.update({"Event": "QueueCallerJoin", "Queue": "sales", "Count": "1"})
+    held = [m.interface for m in pool.free(1000.0, hold=True)]
+    assert held == ["PJSIP/op3"]  # only the one who does not answer sales
+    assert [m.interface for m in pool.free(1000.0)] == ["PJSIP/op1", "PJSIP/op2", "PJSIP/op3"]
+    assert pool.callers_waiting() == 0  # the figure counts the dialer's queues
+    assert pool.pick(1000.0, ["support"], exclude=["PJSIP/op3"], hold=True) is None
+    pool.update(member("PJSIP/op1", queue="sales", paused="1"))  # Asterisk will not ring op1 for sales
+    assert [m.interface for m in pool.free(1000.0, hold=True)] == ["PJSIP/op1", "PJSIP/op3"]
+    pool.update({"Event": "QueueCallerLeave", "Queue": "sales", "Count": "0"})
+    assert len(pool.free(1000.0, hold=True)) == 3
+    # Removed from sales: no longer held by it; a resync forgets what it no longer lists.
+    pool.update({"Event": "QueueMemberRemoved", "Queue": "sales", "Interface": "PJSIP/op2"})
+    pool.update(member("PJSIP/op1", queue="sales", paused="0"))
+    pool.update({"Event": "QueueCallerJoin", "Queue": "sales", "Count": "1"})
+    assert [m.interface for m in pool.free(1000.0, hold=True)] == ["PJSIP/op2", "PJSIP/op3"]
+    pool.resync([{"Event": "QueueParams", "Queue": "sales", "Calls": "1"}])
+    assert pool.elsewhere == {} and pool.waiting == {"sales": 1}
+
+
+def test_callers_waiting_in_the_dialers_own_queue_hold_its_members():
+    pool = OperatorPool(["support"])
+    pool.update(member("PJSIP/op1"))
+    pool.update({"Event": "QueueCallerJoin", "Queue": "support", "Count": "1"})
+    assert pool.free(1000.0, hold=True) == [] and len(pool.free(1000.0)) == 1
