@@ -35,17 +35,30 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None
 
 
 def _duration(value: Any) -> Any:
-    """Accept 90, "90s", "15m", "1h", "3d" (and ISO 8601 via pydantic)."""
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
+    """Accept 90, "90s", "15m", "1h", "3d" (and ISO 8601 via pydantic); a length no date can
+    hold (timedelta's limit, about 2.7 million years) is a plain ValueError, not a crash."""
+    try:
+        if isinstance(value, str):
+            m = _DURATION.match(value)
+            if m:
+                return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return timedelta(seconds=value)
+    except (OverflowError, ValueError):  # ValueError: nan
+        raise ValueError("duration too long (or not a number)") from None
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
+def _bounded(value: timedelta) -> timedelta:
+    """Dates are added to durations everywhere: a century is past any sane setting and keeps
+    every sum inside the calendar (year 9999)."""
+    if abs(value) > _LONGEST:
+        raise ValueError("duration longer than 100 years")
+    return value
+
+
+_LONGEST = timedelta(days=36525)
+Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_bounded)]
 _PROMPT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_/\-]{0,79}$")
 _INTERFACE = re.compile(r"^[A-Za-z0-9]+/[A-Za-z0-9_.@\-]+$")
 

@@ -116,5 +116,10 @@ def test_known_crashers():
         "http = [1, 2]\n",
         '[api]\ntokens = [1, "x"]\n',
         "webhooks = {endpoints = 3}\n",
+        "[limits]\nper_number_window = 1e300\n",
+        '[limits]\nglobal_window = "1e300d"\n',
+        "[limits]\nper_number_window = nan\n",
+        '[schedule]\nmax_age = "40000d"\n',
+        '[limits]\nglobal_window = "P99999999D"\n',
     ):
         check(doc)
