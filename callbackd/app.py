@@ -85,7 +85,7 @@ AMI_ROUTES: dict[str, int] = {
     "UserEvent": DIALER | DETECTOR,  # CallbackdResult (an attempt's verdict), CallbackdMark
     # queues: callers, and the members who answer them
     "QueueCallerJoin": POOL | DETECTOR,
-    "QueueCallerLeave": POOL | DETECTOR,
+    "QueueCallerLeave": POOL | WAKE | DETECTOR,  # the operators it held may take callbacks now
     "QueueCallerAbandon": DETECTOR,
     "QueueParams": POOL,
     "AgentCalled": DETECTOR,
@@ -94,7 +94,7 @@ AMI_ROUTES: dict[str, int] = {
     "QueueMemberStatus": POOL | WAKE,
     "QueueMemberAdded": POOL,
     "QueueMemberRemoved": POOL,
-    "QueueMemberPause": POOL,
+    "QueueMemberPause": POOL | WAKE,
 }
 
 
