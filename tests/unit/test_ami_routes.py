@@ -43,7 +43,8 @@ def test_every_event_the_dialer_follows_is_routed_to_the_dialer():
     read = names_in(inspect.getsource(AttemptTracker.feed), r'name == "(\w+)"')
     read |= names_in(inspect.getsource(Dialer.on_event), r'ev.get\("Event"\) == "(\w+)"')
     assert {"UserEvent", "Newstate", "DialBegin", "BridgeEnter", "Hangup"} == read == routed(DIALER)
-    assert routed(WAKE) == {"QueueMemberStatus"}
+    # What can free an operator for a callback: a member's state or pause, a caller leaving.
+    assert routed(WAKE) == {"QueueMemberStatus", "QueueMemberPause", "QueueCallerLeave"}
 
 
 def test_the_detector_finds_the_same_calls_from_the_routed_events_only():
