@@ -1,0 +1,102 @@
+"""What a daemon with the lab's features loads: the report renderers (openpyxl), Alembic, FastAPI and
+APScheduler stay out until a feature that needs them is used. Checked in a fresh interpreter on a
+real SQLite database, since import state is per process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from callbackd.adapters import db
+
+TESTS = Path(__file__).resolve().parents[1]
+HEAVY = ("openpyxl", "alembic", "mako", "fastapi", "apscheduler", "callbackd.adapters.reports.xlsx")
+
+
+async def _migrate(url: str, revision: str = "head") -> None:
+    engine = db.make_engine(url)
+    await db.upgrade(engine, revision)
+    await engine.dispose()
+
+
+def _run(script: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_built_daemon_on_a_current_database_loads_no_renderer_nor_alembic(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/callbackd.db"
+    asyncio.run(_migrate(url))
+    found = _run(
+        f"""
+        import asyncio, json, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from daemonkit import built_daemon, daemon_config
+        from pathlib import Path
+
+        async def main():
+            cfg = daemon_config(Path({str(tmp_path)!r}), {url!r}, agi={{"enabled": True}})
+            async with built_daemon(cfg) as d:
+                line = d._running_line()  # the status line: ReportSettings
+                from callbackd.adapters.reports.figures import fold_touches  # housekeeping
+                await fold_touches(d.store.engine)
+                heavy = {list(HEAVY)!r}
+                print(json.dumps({{"line": line, "loaded": [m for m in heavy if m in sys.modules]}}))
+
+        asyncio.run(main())
+        """
+    )
+    assert found["line"]
+    assert found["loaded"] == []
+
+
+def test_reports_package_names_load_on_first_use(tmp_path):
+    found = _run(
+        """
+        import io, json, sys
+        from callbackd.adapters import reports
+        before = "openpyxl" in sys.modules
+        from callbackd.adapters.reports import CsvOptions, ReportSettings, build_report, write_report
+        names_only = "openpyxl" in sys.modules
+        xlsx = reports.xlsx  # a submodule by attribute, as before
+        print(json.dumps({
+            "before": before,
+            "names_only": names_only,
+            "after": "openpyxl" in sys.modules,
+            "xlsx": xlsx.__name__,
+            "same": reports.build_report is build_report,
+            "dir": all(n in dir(reports) for n in reports.__all__),
+        }))
+        """
+    )
+    assert found == {
+        "before": False,
+        "names_only": False,
+        "after": True,
+        "xlsx": "callbackd.adapters.reports.xlsx",
+        "same": True,
+        "dir": True,
+    }
+
+
+def test_an_older_database_is_still_migrated_to_the_head(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/old.db"
+    before = f"{int(db.HEAD) - 1:04d}"
+    asyncio.run(_migrate(url, before))
+
+    async def start() -> tuple[str | None, str | None, bool]:
+        engine = db.make_engine(url)
+        try:
+            found = await db.stored_revision(engine)
+            revision, migrated = await db.ensure_current(engine)
+            return found, revision, migrated
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(start()) == (before, db.HEAD, True)
