@@ -4,12 +4,12 @@
 The stand-in (a small asyncio server in this process) answers what the daemon sends from its
 login to its idle state: the banner, Login, CoreSettings (a supported Asterisk), QueueStatus and
 CoreShowChannels (empty lists, properly completed), Ping, and a plain Success to anything else.
-The daemon runs with asterisk/callbackd-lab.toml (its own database, status and spool files, a free
-FastAGI port); once ``daemon.ready`` and ``ami.resynced`` are logged and SETTLE seconds have
-passed (past the first housekeeping turn), VmRSS, RssAnon and RssFile (/proc/PID/status) are read every second, as
-bench_footprint.py reads them on the lab. ``--current`` migrates the database first (``callbackd
-db upgrade``), so the daemon starts on a schema that is already at the head, as on every start
-but the first one.
+The daemon runs with asterisk/callbackd-lab.toml (its own database, status and spool files, a
+free FastAGI port). Once ``daemon.ready`` and ``ami.resynced`` are logged and SETTLE seconds have
+passed (past the first housekeeping turn), VmRSS, RssAnon and RssFile (/proc/PID/status) are
+read every second, as bench_footprint.py reads them on the lab; the maximum of each is printed.
+``--current`` migrates the database first (``callbackd db upgrade``), so the daemon starts on a
+schema already at the head, as on every start but the first one.
 
     python bench/footprint_standin.py [--python PY] [--current] [--seconds N] [--runs N]
 """

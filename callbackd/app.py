@@ -569,6 +569,7 @@ class Daemon:
             stack.push_async_callback(mqtt.stop)
 
     async def _housekeeping(self) -> None:
+        first = True
         while True:
             await asyncio.sleep(60)
             try:
@@ -586,6 +587,9 @@ class Daemon:
                     await fold_touches(self.store.engine)
             except Exception:
                 log.exception("housekeeping.failed")
+            if first:
+                first = False
+                trim_heap()  # the first turn's imports and queries, as after start-up
 
     async def _retention(self, now: datetime) -> None:
         """Anonymise numbers past retention, at most hourly (the query scans every table)."""
