@@ -131,6 +131,9 @@ class Daemon:
         self.status_line: str | None = None
         self._told = float("-inf")  # when start-up last told systemd what it waits for
         self.open_requests: int | None = None
+        # `run` migrates in a child interpreter (db.upgrade_apart): Alembic never enters the daemon.
+        # Tests that build a daemon migrate in their own process.
+        self.migrate_apart = False
         self.store: Store
         self.intake: IntakeService
         self.ami: AmiClient
@@ -232,6 +235,7 @@ class Daemon:
         async with AsyncExitStack() as stack:
             stack.callback(self._stopped)
             stack.callback(self.lifecycle.uninstall)
+            self.migrate_apart = True
             await self.build(stack)
             # The other inputs (FastAGI, HTTP, MQTT), closed right after AMI once the drain is over.
             sources = AsyncExitStack()
@@ -302,13 +306,13 @@ class Daemon:
         notify(f"STATUS={line}\nEXTEND_TIMEOUT_USEC={int(EXTEND_START * 1e6)}")
 
     async def _wait_for_database(self, engine: Any) -> tuple[str | None, bool]:
-        """Migrate if behind (Alembic only then); while the database does not answer (or is
-        locked), retry with back-off, forever."""
+        """Migrate if behind (Alembic only then, in a child interpreter when run); while the
+        database does not answer (or is locked), retry with back-off, forever."""
         backoff = self.backoff()
         failures = 0
         while True:
             try:
-                return await db.ensure_current(engine)
+                return await db.ensure_current(engine, apart=self.migrate_apart)
             except Exception as exc:
                 if not db.database_away(exc):
                     raise

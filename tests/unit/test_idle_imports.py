@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from sqlalchemy import inspect
+
 from callbackd.adapters import db
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -100,3 +102,77 @@ def test_an_older_database_is_still_migrated_to_the_head(tmp_path):
             await engine.dispose()
 
     assert asyncio.run(start()) == (before, db.HEAD, True)
+
+
+def test_run_migrates_a_new_or_older_database_in_a_child_interpreter(tmp_path):
+    """Daemon.run's path (migrate_apart): the schema reaches the head, Alembic never loads here."""
+    new = f"sqlite+aiosqlite:///{tmp_path}/new.db"
+    old = f"sqlite+aiosqlite:///{tmp_path}/old.db"
+    asyncio.run(_migrate(old, f"{int(db.HEAD) - 1:04d}"))
+    found = _run(
+        f"""
+        import asyncio, json, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from pathlib import Path
+        from callbackd.adapters import db
+        from callbackd.app import Daemon
+        from daemonkit import daemon_config
+
+        async def main():
+            out = {{}}
+            for name, url in (("new", {new!r}), ("old", {old!r}), ("again", {new!r})):
+                d = Daemon(daemon_config(Path({str(tmp_path)!r}), url))
+                d.migrate_apart = True
+                engine = db.make_engine(url)
+                try:
+                    out[name] = list(await d._wait_for_database(engine))
+                finally:
+                    await engine.dispose()
+            out["alembic"] = [m for m in sys.modules if m.split(".")[0] in ("alembic", "mako")]
+            print(json.dumps(out))
+
+        asyncio.run(main())
+        """
+    )
+    assert found == {
+        "new": [db.HEAD, True],
+        "old": [db.HEAD, True],
+        "again": [db.HEAD, False],
+        "alembic": [],
+    }
+
+    async def tables() -> list[str]:
+        engine = db.make_engine(new)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(lambda c: inspect(c).get_table_names())
+        finally:
+            await engine.dispose()
+
+    assert {"alembic_version", "requests", "contacts", "calls"} <= set(asyncio.run(tables()))
+
+
+def test_a_migration_apart_that_fails_says_why(tmp_path):
+    """A database that does not answer: DatabaseAway (start-up waits); one Alembic cannot migrate
+    (a revision this version does not know): DatabaseProblem with Alembic's message."""
+    unknown = f"sqlite+aiosqlite:///{tmp_path}/future.db"
+
+    async def main() -> tuple[BaseException, BaseException]:
+        engine = db.make_engine(unknown)
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+            await conn.exec_driver_sql("INSERT INTO alembic_version VALUES ('9999')")
+        away = db.make_engine("postgresql+asyncpg://callbackd@127.0.0.1:1/none")
+        errors = []
+        for e in (away, engine):
+            try:
+                await db.upgrade_apart(e)
+            except Exception as exc:  # what comes back is the point
+                errors.append(exc)
+            await e.dispose()
+        return errors[0], errors[1]
+
+    away, problem = asyncio.run(main())
+    assert isinstance(away, db.DatabaseAway) and db.database_away(away)
+    assert isinstance(problem, db.DatabaseProblem) and not db.database_away(problem)
+    assert "9999" in str(problem)
