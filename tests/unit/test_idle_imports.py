@@ -1,6 +1,6 @@
-"""What a daemon with the lab's features loads: the report renderers (openpyxl), Alembic, FastAPI and
-APScheduler stay out until a feature that needs them is used. Checked in a fresh interpreter on a
-real SQLite database, since import state is per process."""
+"""What a daemon with the lab's features loads: the report renderers (openpyxl), Alembic, FastAPI,
+APScheduler and prometheus_client stay out until a feature that needs them is used. Checked in a
+fresh interpreter on a real SQLite database, since import state is per process."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from sqlalchemy import inspect
 from callbackd.adapters import db
 
 TESTS = Path(__file__).resolve().parents[1]
-HEAVY = ("openpyxl", "alembic", "mako", "fastapi", "apscheduler", "callbackd.adapters.reports.xlsx")
+HEAVY = (
+    "openpyxl",
+    "alembic",
+    "mako",
+    "fastapi",
+    "apscheduler",
+    "prometheus_client",
+    "callbackd.adapters.reports.xlsx",
+)
 
 
 async def _migrate(url: str, revision: str = "head") -> None:
@@ -176,3 +184,38 @@ def test_a_migration_apart_that_fails_says_why(tmp_path):
     assert isinstance(away, db.DatabaseAway) and db.database_away(away)
     assert isinstance(problem, db.DatabaseProblem) and not db.database_away(problem)
     assert "9999" in str(problem)
+
+
+def test_metrics_are_counted_only_where_the_http_listener_can_serve_them(tmp_path):
+    found = _run(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from pathlib import Path
+        from callbackd.app import Daemon, NoMetrics
+        from daemonkit import daemon_config
+
+        tmp = Path({str(tmp_path)!r})
+        off = Daemon(daemon_config(tmp))
+        off.metrics.call_recorded("abandoned")  # fed as always, kept nowhere
+        loaded_off = "prometheus_client" in sys.modules
+        no_route = Daemon(daemon_config(tmp, http={{"enabled": True, "metrics": False}}))
+        on = Daemon(daemon_config(tmp, http={{"enabled": True}}))
+        on.metrics.call_recorded("abandoned")
+        text = on.metrics.render().decode()
+        print(json.dumps({{
+            "off": type(off.metrics).__name__,
+            "loaded_off": loaded_off,
+            "no_route": isinstance(no_route.metrics, NoMetrics),
+            "on": type(on.metrics).__name__,
+            "counted": 'callbackd_calls_abandoned_total{{reason="abandoned"}} 1.0' in text,
+        }}))
+        """
+    )
+    assert found == {
+        "off": "NoMetrics",
+        "loaded_off": False,
+        "no_route": True,
+        "on": "Metrics",
+        "counted": True,
+    }
