@@ -24,6 +24,7 @@ HEAVY = (
     "apscheduler",
     "prometheus_client",
     "callbackd.adapters.reports.xlsx",
+    "sqlalchemy.dialects.postgresql",  # on SQLite
 )
 
 
