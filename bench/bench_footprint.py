@@ -38,8 +38,10 @@ from bench.benchlib import (
 )
 
 # The daemon's imports, roughly in the order `callbackd run` loads them (callbackd.app pulls in
-# the database, AMI and metrics modules; Daemon.run the FastAGI). FastAPI, APScheduler and Alembic
-# are imported only when the HTTP listener, scheduled reports or a migration need them.
+# the database, AMI and metrics modules; Daemon.run the FastAGI). FastAPI and APScheduler are
+# imported only when the HTTP listener or scheduled reports need them, the report renderers
+# (openpyxl) only by a report, and Alembic never: a migration runs in a child interpreter.
+# Without the lab: bench/footprint_standin.py runs the same daemon against a stand-in AMI.
 IMPORT_STEPS = [
     "structlog",
     "pydantic",
@@ -66,11 +68,11 @@ from callbackd.adapters import db
 async def migrate():
     with tempfile.TemporaryDirectory() as tmp:
         engine = db.make_engine(f"sqlite+aiosqlite:///{tmp}/m.db")
-        await db.upgrade(engine)
+        await db.ensure_current(engine, apart=True)  # as `callbackd run`: Alembic in a child
         await engine.dispose()
 asyncio.run(migrate())
 steps.append(("database migration at start", rss()))
-optional = [m for m in ("rich", "pygments", "mako", "colorama") if m in sys.modules]
+optional = [m for m in ("rich", "pygments", "mako", "alembic", "openpyxl", "fastapi") if m in sys.modules]
 print(json.dumps({"steps": steps, "modules": len(sys.modules), "optional": optional}))
 """
 TARGET_RSS_MB = 64.0
@@ -222,7 +224,7 @@ def main() -> int:
             + ", ".join(f"{name} {mb} MB" for name, mb in mem["top_files_mb"][:5])
             + "."
             + (
-                f" Optional modules loaded because they are installed: {', '.join(prof['optional_loaded'])}"
+                f" Optional or feature-only modules loaded: {', '.join(prof['optional_loaded'])}"
                 " (structlog's console renderer imports rich and its pygments when present; the test"
                 " extras bring them)."
                 if prof["optional_loaded"]

@@ -147,16 +147,59 @@ async def stored_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(_get)
 
 
-async def ensure_current(engine: AsyncEngine) -> tuple[str | None, bool]:
+async def ensure_current(engine: AsyncEngine, *, apart: bool = False) -> tuple[str | None, bool]:
     """Migrate to the head unless the database is already there: (its revision, migrated or not).
 
     Alembic (and its Mako templates) are imported only when there is something to do, which is
-    rare once installed and costs the daemon about 10 MB for its whole life."""
+    rare once installed and costs the daemon about 5 MB for its whole life. ``apart`` (the
+    daemon): even then, the migration runs in a child interpreter (:func:`upgrade_apart`)."""
     found = await stored_revision(engine)
     if found == HEAD:
         return found, False
+    if apart:
+        await upgrade_apart(engine)
+        return await stored_revision(engine), True
     await upgrade(engine)
     return await current_revision(engine), True
+
+
+class DatabaseAway(ConnectionError):
+    """The migration's child interpreter could not reach the database (see :func:`database_away`)."""
+
+
+async def upgrade_apart(engine: AsyncEngine) -> None:
+    """:func:`upgrade` in a child interpreter (``python -m callbackd.adapters.migrate``).
+
+    Alembic, Mako and the migration scripts, once imported, stay for the life of the process that
+    imported them: a daemon started on a new or older database would keep them (about 5 MB of its
+    idle RSS). The child migrates in one transaction, as :func:`upgrade` does, and exits. The URL
+    (with its password) reaches it on its standard input, not its command line. A failure comes
+    back as :class:`DatabaseAway` when the database did not answer (start-up waits for it), else as
+    :class:`DatabaseProblem` with the child's error."""
+    import asyncio
+    import json
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callbackd.adapters.migrate",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # a Ctrl-C meant for the daemon does not cut the migration short
+    )
+    out, err = await proc.communicate(engine.url.render_as_string(hide_password=False).encode())
+    if proc.returncode == 0:
+        return
+    try:
+        report = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        lines = err.decode(errors="replace").strip().splitlines()
+        report = {"away": False, "error": lines[-1] if lines else f"exit status {proc.returncode}"}
+    if report.get("away"):
+        raise DatabaseAway(report.get("error"))
+    raise DatabaseProblem(f"migration failed: {report.get('error')}")
 
 
 def transient(exc: BaseException) -> bool:

@@ -7,9 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from callbackd.adapters.models import Base
+from callbackd.adapters.models import with_index_predicates
 
-target_metadata = Base.metadata
+target_metadata = with_index_predicates()
 
 
 def _run(connection) -> None:

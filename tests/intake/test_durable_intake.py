@@ -122,7 +122,10 @@ async def test_a_sqlite_lock_held_40_s_loses_nothing(tmp_path):
 async def test_press_1_during_a_postgresql_outage_is_confirmed_from_the_spool(tmp_path, pg_url):
     """Connections refused and backends killed: the caller hears the thank-you once the request is
     spooled; with the spool full the next caller hears an apology, and status and /metrics say why."""
-    cfg = daemon_config(tmp_path, url=pg_url, schedule=ALWAYS, service={"spool_max_items": 3})
+    # The figures are counted when /metrics can serve them (the HTTP listener, not started here).
+    cfg = daemon_config(
+        tmp_path, url=pg_url, schedule=ALWAYS, service={"spool_max_items": 3}, http={"enabled": True}
+    )
     async with built_daemon(cfg) as d:
         agi = CallbackAgi(d.submit, d.rules)
         assert (await d.submit(lead("before", "3125550100"))).created

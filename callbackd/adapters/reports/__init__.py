@@ -9,19 +9,69 @@ console). :mod:`.columns` names the figures and their units once for all of them
 from __future__ import annotations
 
 from datetime import datetime
-from typing import IO, Any
+from importlib import import_module
+from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
-from callbackd.adapters.files import atomic_text, atomic_write
-from callbackd.adapters.reports.csv_out import CsvWriter, LocalTimes, export_csv, write_report_csv
-from callbackd.adapters.reports.json_out import report_dict, write_report_json
-from callbackd.adapters.reports.queries import build_recovery, build_report, call_batches, request_batches
-from callbackd.adapters.reports.recovery import recovery_dict, render_recovery, write_recovery
-from callbackd.adapters.reports.settings import CsvOptions, ReportSettings
-from callbackd.adapters.reports.table import render_table
-from callbackd.adapters.reports.xlsx import export_xlsx, write_report_xlsx
-from callbackd.domain.metrics import Report
+    from callbackd.adapters.files import atomic_text, atomic_write
+    from callbackd.adapters.reports.csv_out import CsvWriter, LocalTimes, write_report_csv
+    from callbackd.adapters.reports.json_out import report_dict
+    from callbackd.adapters.reports.queries import (
+        build_recovery,
+        build_report,
+        call_batches,
+        request_batches,
+    )
+    from callbackd.adapters.reports.recovery import recovery_dict, render_recovery, write_recovery
+    from callbackd.adapters.reports.settings import CsvOptions, ReportSettings
+    from callbackd.adapters.reports.table import render_table
+    from callbackd.domain.metrics import Report
+
+# Each name, loaded from its module on first use: the daemon needs ReportSettings (its status
+# line) and the figures' fold, not the renderers; the xlsx one alone brings openpyxl (~5 MB).
+_LAZY = {
+    "atomic_text": "callbackd.adapters.files",
+    "atomic_write": "callbackd.adapters.files",
+    "CsvWriter": "callbackd.adapters.reports.csv_out",
+    "LocalTimes": "callbackd.adapters.reports.csv_out",
+    "export_csv": "callbackd.adapters.reports.csv_out",
+    "write_report_csv": "callbackd.adapters.reports.csv_out",
+    "report_dict": "callbackd.adapters.reports.json_out",
+    "write_report_json": "callbackd.adapters.reports.json_out",
+    "build_recovery": "callbackd.adapters.reports.queries",
+    "build_report": "callbackd.adapters.reports.queries",
+    "call_batches": "callbackd.adapters.reports.queries",
+    "request_batches": "callbackd.adapters.reports.queries",
+    "recovery_dict": "callbackd.adapters.reports.recovery",
+    "render_recovery": "callbackd.adapters.reports.recovery",
+    "write_recovery": "callbackd.adapters.reports.recovery",
+    "CsvOptions": "callbackd.adapters.reports.settings",
+    "ReportSettings": "callbackd.adapters.reports.settings",
+    "render_table": "callbackd.adapters.reports.table",
+    "export_xlsx": "callbackd.adapters.reports.xlsx",
+    "write_report_xlsx": "callbackd.adapters.reports.xlsx",
+}
+_SUBMODULES = frozenset(
+    {"columns", "csv_out", "figures", "json_out", "queries", "recovery", "settings", "table", "xlsx"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})
+
 
 REPORT_FORMATS = ("table", "csv", "json", "xlsx")
 EXPORT_FORMATS = ("csv", "xlsx")
@@ -57,12 +107,20 @@ def write_report(
 ) -> None:
     """*out* is binary for the formats in :data:`BINARY_FORMATS`, text otherwise."""
     if fmt == "csv":
+        from callbackd.adapters.reports.csv_out import write_report_csv
+
         write_report_csv(report, out, options, settings.tz)
     elif fmt == "json":
+        from callbackd.adapters.reports.json_out import write_report_json
+
         write_report_json(report, out)
     elif fmt == "xlsx":
+        from callbackd.adapters.reports.xlsx import write_report_xlsx
+
         write_report_xlsx(report, out, settings.language)
     else:
+        from callbackd.adapters.reports.table import render_table
+
         out.write(render_table(report))
 
 
@@ -79,5 +137,9 @@ async def export(
 ) -> int:
     """Every column of *what* ("calls", "requests", "attempts") for rows in the period; returns the count."""
     if fmt == "xlsx":
+        from callbackd.adapters.reports.xlsx import export_xlsx
+
         return await export_xlsx(engine, what, start, end, out, settings.tz, settings.language)
+    from callbackd.adapters.reports.csv_out import export_csv
+
     return await export_csv(engine, what, start, end, out, options, settings.tz)
