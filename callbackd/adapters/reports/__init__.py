@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callbackd.adapters.files import atomic_text, atomic_write
 from callbackd.adapters.reports.csv_out import CsvWriter, LocalTimes, export_csv, write_report_csv
+from callbackd.adapters.reports.figures import period_report
 from callbackd.adapters.reports.json_out import report_dict, write_report_json
 from callbackd.adapters.reports.queries import build_recovery, build_report, call_batches, request_batches
 from callbackd.adapters.reports.recovery import recovery_dict, render_recovery, write_recovery
@@ -41,6 +42,7 @@ __all__ = [
     "build_report",
     "call_batches",
     "export",
+    "period_report",
     "recovery_dict",
     "render_recovery",
     "render_table",
