@@ -481,3 +481,23 @@ async def test_other_reports_are_read_row_by_row(engine, days_read, start, end, 
     assert rendered(got) == rendered(
         await build_report(engine, start, end, by=by, tz=MSK, thresholds=THRESHOLDS)
     )
+
+
+@pytest.mark.parametrize(
+    ("zone", "first", "shared"),
+    [
+        ("Europe/Moscow", FIRST, True),
+        ("Europe/Berlin", date(2026, 3, 27), True),  # a 23-hour day: its midnights exist
+        ("America/Santiago", date(2026, 9, 4), False),  # clocks jump at midnight: no 00:00 that day
+    ],
+)
+def test_days_share_one_set_of_cells_only_where_every_midnight_exists(zone, first, shared):
+    tz = ZoneInfo(zone)
+    spans = list(figures._spans(first, first + timedelta(days=4), tz, datetime(2027, 1, 1, tzinfo=UTC)))
+    index = figures._day_index(spans, tz)
+    if shared:
+        assert index == {(first + timedelta(days=i)).isoformat(): i for i in range(5)}
+    else:
+        assert index is None
+    hours = list(figures._spans(THIRD, THIRD, MSK, local(THIRD, 15.75)))  # today by the hour
+    assert figures._day_index(hours, MSK) is None

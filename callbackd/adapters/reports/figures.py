@@ -26,6 +26,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import time as wall_time
 
 import structlog
 from sqlalchemy import and_, case, delete, exists, false, func, insert, or_, select
@@ -131,9 +132,13 @@ async def _slices(
     """Consecutive spans read in one pass, each row folded into its span's cells.
 
     Span edges are local midnights or UTC hours, so on quarter hours of UTC time like the
-    time keys: the span of a row is worked out once per quarter hour.
+    time keys: the span of a row is worked out once per quarter hour. When every span is a
+    whole local day, the rows go into one set of cells, shared out by the day their time key
+    names once the pass is over: the span of every row is not looked up.
     """
     builders = [CellBuilder(by, tz, thresholds) for _ in spans]
+    days = _day_index(spans, tz) if len(spans) > 1 else None
+    one = builders[0] if len(spans) == 1 else CellBuilder(by, tz, thresholds) if days else None
     reach: list[dict[int, int]] = [{} for _ in spans]
     edges = [start.timestamp() for start, _ in spans]
     memo: dict[float, int] = {}
@@ -147,8 +152,8 @@ async def _slices(
 
     start, end = spans[0][0], spans[-1][1]
     async for calls in call_batches(conn, start, end, figures_calls_query):
-        if len(spans) == 1:
-            builders[0].add_calls(calls)
+        if one is not None:
+            one.add_calls(calls)
             continue
         parts: dict[int, list[CallRow]] = {}
         for c in calls:
@@ -161,11 +166,29 @@ async def _slices(
             builders[i].add_calls(part)
     async for batch in request_batches(conn, start, end, with_queue=True):
         for req, attempts in batch:
-            builders[span_of(req.created_at)].add_request(req, attempts)
+            (one or builders[span_of(req.created_at)]).add_request(req, attempts)
     for try_no, at in (await conn.execute(reach_query(start, end, conn.dialect.name))).all():
         counts = reach[span_of(datetime.fromisoformat(at + "+00:00"))]
         counts[int(try_no)] = counts.get(int(try_no), 0) + 1
+    if days is not None and one is not None:
+        for key, acc in one.cells.items():  # a day key, or an hour key starting with its day
+            builders[days[key[0][:10]]].cells[key] = acc
     return [Slice(s, e, b.groups(), r) for (s, e), b, r in zip(spans, builders, reach, strict=True)]
+
+
+def _day_index(spans: list[tuple[datetime, datetime]], tz: tzinfo) -> dict[str, int] | None:
+    """Each span's local day (ISO date) to its index, if every span runs from a local midnight
+    to the next and those midnights exist as such (else None): then the day of a row's time key
+    is the day of its span."""
+    index: dict[str, int] = {}
+    for i, (start, end) in enumerate(spans):
+        day = start.astimezone(tz).date()
+        for edge, d in ((start, day), (end, day + timedelta(days=1))):
+            back = edge.astimezone(UTC).astimezone(tz)
+            if edge != midnight(d, tz) or (back.date(), back.time()) != (d, wall_time(0)):
+                return None
+        index[day.isoformat()] = i
+    return index
 
 
 class FiguresCache:
