@@ -167,9 +167,11 @@ async def _slices(
     async for batch in request_batches(conn, start, end, with_queue=True):
         for req, attempts in batch:
             (one or builders[span_of(req.created_at)]).add_request(req, attempts)
-    for try_no, at in (await conn.execute(reach_query(start, end, conn.dialect.name))).all():
-        counts = reach[span_of(datetime.fromisoformat(at + "+00:00"))]
-        counts[int(try_no)] = counts.get(int(try_no), 0) + 1
+    answered = await conn.stream(reach_query(start, end, conn.dialect.name))  # a million at 10M calls
+    async for part in answered.partitions(BATCH):
+        for try_no, at in part:
+            counts = reach[span_of(datetime.fromisoformat(at + "+00:00"))]
+            counts[int(try_no)] = counts.get(int(try_no), 0) + 1
     if days is not None and one is not None:
         for key, acc in one.cells.items():  # a day key, or an hour key starting with its day
             builders[days[key[0][:10]]].cells[key] = acc
@@ -390,11 +392,13 @@ async def _stored(
         return []
     p = m.FiguresPartial
     want = {(s, _key(e, by, tz, thresholds)): (s, e) for s, e in spans}
-    rows = await conn.execute(
-        select(p.start_at, p.key, p.touched, p.data).where(p.start_at.in_([s for s, _ in spans]))
+    rows = await conn.stream(  # one at a time: a month of days is tens of MB at 10M calls
+        select(p.start_at, p.key, p.touched, p.data).where(
+            p.start_at.in_([s for s, _ in spans]), p.key.in_(sorted({k for _, k in want}))
+        )
     )
     found: dict[tuple, Slice] = {}
-    for start, key, n, data in rows.all():
+    async for start, key, n, data in rows:
         span = want.get((start, key))
         if span is None or n != touched[span]:
             continue
