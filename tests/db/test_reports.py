@@ -583,7 +583,7 @@ def test_rows_written_column_by_column_are_what_csv_writer_writes(options):
     """The joined lines when no field needs quoting, csv.writer itself when one does."""
     clean = [(1, 2, None), ("a", "", "b c"), ("2026-03-01T00:00:00+00:00", "x", "y"), (1.5, True, None)]
     tricky = [*clean[:3], ("a,b", 'say "hi"', "two\nlines"), ("x;y", "\r", "1,5")]
-    for columns in (clean, tricky, clean[:1], [("",), ("",)]):
+    for columns in (clean, tricky, clean[:1], [("",), ("",)], [(), ()]):
         want, got = io.StringIO(), io.StringIO()
         csv_out.CsvWriter(want, options, UTC).raw_rows(zip(*columns, strict=True))
         csv_out.CsvWriter(got, options, UTC).raw_columns(
