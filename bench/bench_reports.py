@@ -7,7 +7,13 @@ their missed calls give rise to, then runs the real command line in a child
 process for each measurement, so the peak RSS (``wait4``) is that command's
 alone. Prints min/median/max and writes bench/out/reports.json.
 
-    python bench/bench_reports.py [--calls 1000000] [--repeat 3] [--reuse]
+A report over whole days is merged from the days kept in ``figures_partials`` when they are
+there (the console, or an earlier report, stored them): each report is measured "cold" (the
+table emptied before every run, so every row is read and the days stored) and "stored" (the
+days kept by the cold runs). The touch rows the triggers add while the rows are loaded are
+folded after loading, as the daemon does every hour.
+
+    python bench/bench_reports.py [--calls 1000000] [--repeat 3] [--reuse] [--only export]
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "out"
 DAYS = 30
 FIRST = datetime(2026, 3, 1, tzinfo=UTC)
-TARGET_SECONDS = 10.0
-TARGET_RSS_MB = 200.0
+TARGET_SECONDS_PER_MILLION = 10.0  # 100 s for 10 million calls
+TARGET_RSS_MB = 200.0  # up to a million calls
+TARGET_RSS_MB_LARGE = 300.0  # beyond
 
 
 def ts(at: datetime) -> str:
@@ -163,6 +170,10 @@ def generate(path: Path, n_calls: int, seed: int = 1) -> dict[str, int]:
         insert(con, "contacts", CONTACT_COLUMNS, contacts, raw_number="", name="", reason="queue_abandon",
                comment="", detail="", pbx="bench")  # fmt: skip
         insert(con, "attempts", ATTEMPT_COLUMNS, attempts, status="done", counted=1, node="bench")
+    with con:  # one touch row an hour, as the daemon's hourly fold leaves them
+        con.execute("CREATE TEMP TABLE folded AS SELECT hour, sum(n) AS n FROM figures_touched GROUP BY hour")
+        con.execute("DELETE FROM figures_touched")
+        con.execute("INSERT INTO figures_touched (hour, n) SELECT hour, n FROM folded ORDER BY hour")
     con.execute("ANALYZE")
     con.close()
     return {
@@ -198,6 +209,7 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=1_000_000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--reuse", action="store_true", help="keep an existing database of the same size")
+    p.add_argument("--only", metavar="TEXT", help="measure only the runs whose name holds TEXT")
     p.add_argument("--generate", metavar="DB", help=argparse.SUPPRESS)
     p.add_argument(
         "--dir",
@@ -244,30 +256,45 @@ def main() -> int:
 
     period = ["--from", FIRST.date().isoformat(), "--to", (FIRST + timedelta(days=DAYS)).date().isoformat()]
     report = [*cli, "report", *period]
+    by_day = [*report, "--by", "day", "--format", "csv", "-o", str(OUT / "r.csv")]
+    by_queue = [*report, "--by", "queue"]
+    # (argv, empty figures_partials before each run)
     runs = {
-        "startup (empty period)": [*cli, "report", "--from", "2000-01-01", "--to", "2000-01-02"],
-        "report --by day --format csv": [*report, "--by", "day", "--format", "csv", "-o", str(OUT / "r.csv")],
-        "report --by queue --format table": [*report, "--by", "queue"],
-        "export calls": [*cli, "export", "calls", *period, "--output", str(OUT / "calls.csv")],
+        "startup (empty period)": ([*cli, "report", "--from", "2000-01-01", "--to", "2000-01-02"], False),
+        "report --by day --format csv (cold)": (by_day, True),
+        "report --by day --format csv (stored)": (by_day, False),
+        "report --by queue --format table (cold)": (by_queue, True),
+        "report --by queue --format table (stored)": (by_queue, False),
+        "export calls": ([*cli, "export", "calls", *period, "--output", str(OUT / "calls.csv")], False),
     }
+    if args.only:
+        runs = {k: v for k, v in runs.items() if args.only in k}
+    target_seconds = TARGET_SECONDS_PER_MILLION * max(args.calls, 10**6) / 10**6
+    target_rss = TARGET_RSS_MB if args.calls <= 10**6 else TARGET_RSS_MB_LARGE
     results = {}
-    for name, argv in runs.items():
+    for name, (argv, cold) in runs.items():
         walls, cpus, rss = [], [], []
         for _ in range(args.repeat):
+            if cold:
+                con = sqlite3.connect(dbfile)
+                with con:
+                    con.execute("DELETE FROM figures_partials")
+                con.close()
             w, c, r = measure(argv)
             walls.append(w)
             cpus.append(c)
             rss.append(r)
         results[name] = {"seconds": summary(walls), "cpu_seconds": summary(cpus), "peak_rss_mb": summary(rss)}
         s, c, r = results[name]["seconds"], results[name]["cpu_seconds"], results[name]["peak_rss_mb"]
-        ok = s["median"] < TARGET_SECONDS and r["max"] < TARGET_RSS_MB
+        ok = s["median"] < target_seconds and r["max"] < target_rss
         print(
-            f"{name:34} wall min/median/max {s['min']:5.2f} {s['median']:5.2f} {s['max']:5.2f} s  "
-            f"cpu median {c['median']:5.2f} s  peak RSS max {r['max']:5.1f} MB ",
+            f"{name:42} wall min/median/max {s['min']:5.2f} {s['median']:5.2f} {s['max']:5.2f} s  "
+            f"cpu median {c['median']:5.2f} s  peak RSS max {r['max']:5.1f} MB  "
+            f"load {os.getloadavg()[0]:.1f} ",
             "ok" if ok else "OVER TARGET",
             flush=True,
         )
-    export_size = (OUT / "calls.csv").stat().st_size
+    export_size = (OUT / "calls.csv").stat().st_size if (OUT / "calls.csv").exists() else 0
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_average": os.getloadavg(),  # other work on the machine while this ran
@@ -280,7 +307,7 @@ def main() -> int:
         "database_mb": round(dbfile.stat().st_size / 2**20, 1),
         "generate_seconds": load_seconds,
         "export_calls_csv_mb": round(export_size / 2**20, 1),
-        "targets": {"seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_RSS_MB},
+        "targets": {"seconds": target_seconds, "peak_rss_mb": target_rss},
         "repeat": args.repeat,
         "results": results,
     }

@@ -520,7 +520,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             if args.recovery:  # groups by queue and source itself
                 recovery = await reports.build_recovery(engine, start, end, thresholds=settings.thresholds)
             else:
-                report = await reports.build_report(
+                report = await reports.period_report(
                     engine,
                     start,
                     end,

@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from callbackd.adapters import db
 from callbackd.adapters.http import Problem
-from callbackd.adapters.reports import ReportSettings, build_report, report_dict
+from callbackd.adapters.reports import ReportSettings, period_report, report_dict
 from callbackd.adapters.store import NotFound, NumberHasOpenRequest, Store
 from callbackd.adapters.tokens import Token, Tokens
 from callbackd.domain.errors import IllegalTransition
@@ -306,7 +306,7 @@ def _report_in_thread(url: str, start: datetime, end: datetime, by: str | None, 
         engine = db.make_engine(url, read_only=True)
         try:
             grouping = Grouping(by) if by else None
-            return await build_report(engine, start, end, by=grouping, tz=s.tz, thresholds=s.thresholds)
+            return await period_report(engine, start, end, by=grouping, tz=s.tz, thresholds=s.thresholds)
         finally:
             await engine.dispose()
 

@@ -24,7 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from callbackd.adapters import db
 from callbackd.adapters.files import atomic_write
-from callbackd.adapters.reports import BINARY_FORMATS, ReportSettings, build_report, export, write_report
+from callbackd.adapters.reports import BINARY_FORMATS, ReportSettings, export, period_report, write_report
 from callbackd.domain.metrics import Grouping
 from callbackd.domain.periods import named_period, period_label
 
@@ -48,7 +48,7 @@ async def write_scheduled(url: str, job: Any, settings: ReportSettings, now: dat
     engine = db.make_engine(url, read_only=True)
     try:
         if job.what == "report":
-            report = await build_report(
+            report = await period_report(
                 engine, start, end, by=Grouping(job.by), tz=settings.tz, thresholds=settings.thresholds
             )
             with atomic_write(path, binary=binary) as out:

@@ -76,7 +76,6 @@ source). Rows without a value group under "-".
 from __future__ import annotations
 
 import math
-import statistics
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -192,15 +191,33 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def median(values: Sequence[int]) -> float | None:
-    return float(statistics.median(sorted(values))) if values else None
+    return _median_of_sorted(sorted(values)) if values else None
 
 
 def p90(values: Sequence[int]) -> float | None:
     """Nearest rank: the smallest value with at least 90 % of the values at or below it."""
-    if not values:
+    return _p90_of_sorted(sorted(values)) if values else None
+
+
+def _median_of_sorted(ordered: Sequence[int]) -> float | None:
+    """:func:`statistics.median` of values already in order (which sorts them again, into a
+    second list: 50 MB more for a month's 1.4 million requests at 10 million calls)."""
+    n = len(ordered)
+    if not n:
         return None
+    if n % 2:
+        return float(ordered[n // 2])
+    return float((ordered[n // 2 - 1] + ordered[n // 2]) / 2)
+
+
+def _p90_of_sorted(ordered: Sequence[int]) -> float | None:
+    return float(ordered[math.ceil(0.9 * len(ordered)) - 1]) if ordered else None
+
+
+def _median_p90(values: Sequence[int]) -> tuple[float | None, float | None]:
+    """Both from one sort."""
     ordered = sorted(values)
-    return float(ordered[math.ceil(0.9 * len(ordered)) - 1])
+    return _median_of_sorted(ordered), _p90_of_sorted(ordered)
 
 
 def _seconds(delta: timedelta) -> int:
@@ -318,6 +335,8 @@ class Accumulator:
 
     def figures(self) -> Figures:
         counted = self.offered - self.short
+        first_attempt_median, first_attempt_p90 = _median_p90(self.first_attempt)
+        reach_median, reach_p90 = _median_p90(self.reach)
         return Figures(
             offered=self.offered,
             handled=self.handled,
@@ -339,10 +358,10 @@ class Accumulator:
             failed=self.failed,
             cancelled=self.cancelled,
             open=self.open,
-            first_attempt_median=median(self.first_attempt),
-            first_attempt_p90=p90(self.first_attempt),
-            reach_median=median(self.reach),
-            reach_p90=p90(self.reach),
+            first_attempt_median=first_attempt_median,
+            first_attempt_p90=first_attempt_p90,
+            reach_median=reach_median,
+            reach_p90=reach_p90,
             attempts_per_reached=_ratio(self.reached_attempts, self.reached),
         )
 

@@ -148,13 +148,21 @@ def merge_report(
     slices: Iterable[Slice],
     start: datetime,
     end: datetime,
-    by: Grouping,
+    by: Grouping | None,
     tz: tzinfo,
     thresholds: Thresholds,
 ) -> Report:
-    """The report of the period from its slices' groups for *by* (slices must not overlap)."""
+    """The report of the period from its slices' groups for *by* (slices must not overlap).
+
+    ``by=None`` (one total row): every slice's queue groups merged into one.
+    """
     builder = ReportBuilder(start, end, by, tz, thresholds)
     for part in slices:
+        if by is None:
+            into = builder._group(NONE_KEY)
+            for acc in part.groups[Grouping.QUEUE].values():
+                merge_into(into, acc)
+            continue
         for key, acc in part.groups[by].items():
             merge_into(builder._group(key), acc)
     _sort_durations(builder.groups)

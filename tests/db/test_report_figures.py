@@ -8,6 +8,7 @@ client's own call): :func:`build_figures` must give, for each day and period, wh
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from array import array
@@ -21,7 +22,14 @@ from sqlalchemy import delete, func, select, update
 
 from callbackd.adapters import db
 from callbackd.adapters import models as m
-from callbackd.adapters.reports import build_report, figures
+from callbackd.adapters.reports import (
+    CsvOptions,
+    ReportSettings,
+    build_report,
+    figures,
+    period_report,
+    write_report,
+)
 from callbackd.adapters.reports.figures import FiguresCache, build_figures
 from callbackd.adapters.reports.queries import reach_by_try
 from callbackd.domain.metrics import Accumulator, Figures, Grouping, Thresholds
@@ -33,6 +41,7 @@ FIRST = date(2026, 3, 2)
 DAYS = 4
 THRESHOLDS = Thresholds()
 FLOAT_SUMS = {"asa", "ata", "aht"}  # means of float sums: equal up to the order of addition
+SETTINGS = ReportSettings(tz=MSK, thresholds=THRESHOLDS, csv=CsvOptions())
 
 
 def us(rnd: random.Random, low: int, high: int) -> timedelta:
@@ -401,3 +410,94 @@ async def test_an_unreadable_stored_day_is_read_again_with_one_warning(engine, r
         ("figures.stored_slice_unreadable", "warning")
     ] * 2
     assert (await read_from_rows(engine))[1] == set()  # stored again, readable
+
+
+# -- the report command from stored days ------------------------------------------------------
+
+
+@pytest.fixture
+def days_read(monkeypatch):
+    """The local days (in Moscow) whose rows period_report reads, since the fixture was made."""
+    read: set[date] = set()
+    real = figures._slices
+
+    async def spy(conn, spans, *a, **kw):
+        read.update(s.astimezone(MSK).date() for s, _ in spans)
+        return await real(conn, spans, *a, **kw)
+
+    monkeypatch.setattr(figures, "_slices", spy)
+    return read
+
+
+def rendered(report) -> list[str]:
+    """The report as every text format shows it."""
+    out = []
+    for fmt in ("csv", "json", "table"):
+        buf = io.StringIO()
+        write_report(report, buf, fmt, SETTINGS, CsvOptions())
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("by", [None, Grouping.DAY, Grouping.QUEUE, Grouping.OPERATOR])
+async def test_a_report_over_whole_days_is_merged_from_the_stored_days(engine, days_read, by):
+    """`callbackd report` over whole local days gives, from stored days, exactly what reading
+    every row gives: the same figures and the same files in every format."""
+    start, end = midnight(FIRST, MSK), midnight(LAST + timedelta(days=1), MSK)
+    want = await build_report(engine, start, end, by=by, tz=MSK, thresholds=THRESHOLDS)
+    assert want.total.offered > 50 and want.total.reach_median is not None  # medians too
+    cold = await period_report(engine, start, end, by=by, tz=MSK, thresholds=THRESHOLDS)
+    assert days_read == {FIRST + timedelta(days=i) for i in range(DAYS)}
+    days_read.clear()
+    warm = await period_report(engine, start, end, by=by, tz=MSK, thresholds=THRESHOLDS)
+    assert days_read == set()  # every day from figures_partials
+    for got in (cold, warm):
+        same_report(got, want)
+        assert rendered(got) == rendered(want)
+
+    d2 = FIRST + timedelta(days=1)
+    await add(engine, call("late-report", "+12025559998", local(d2, 8)))  # a late row on the 2nd day
+    again = await period_report(engine, start, end, by=by, tz=MSK, thresholds=THRESHOLDS)
+    assert days_read == {d2}
+    want = await build_report(engine, start, end, by=by, tz=MSK, thresholds=THRESHOLDS)
+    assert rendered(again) == rendered(want)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "by"),
+    [
+        (local(FIRST, 6), midnight(LAST, MSK), Grouping.DAY),  # from 06:00: not whole days
+        (midnight(FIRST, MSK), midnight(LAST, MSK), Grouping.HOUR),
+        (midnight(FIRST, MSK), midnight(LAST, MSK), Grouping.SOURCE),
+        (midnight(FIRST, UTC), midnight(LAST, UTC), Grouping.DAY),  # UTC midnights, Moscow days
+    ],
+    ids=["part-day", "by-hour", "by-source", "other-zone"],
+)
+async def test_other_reports_are_read_row_by_row(engine, days_read, start, end, by):
+    got = await period_report(engine, start, end, by=by, tz=MSK, thresholds=THRESHOLDS)
+    assert days_read == set()
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(m.FiguresPartial))).scalar() == 0
+    assert rendered(got) == rendered(
+        await build_report(engine, start, end, by=by, tz=MSK, thresholds=THRESHOLDS)
+    )
+
+
+@pytest.mark.parametrize(
+    ("zone", "first", "shared"),
+    [
+        ("Europe/Moscow", FIRST, True),
+        ("Europe/Berlin", date(2026, 3, 27), True),  # a 23-hour day: its midnights exist
+        ("America/Santiago", date(2026, 9, 4), False),  # clocks jump at midnight: no 00:00 that day
+    ],
+)
+def test_days_share_one_set_of_cells_only_where_every_midnight_exists(zone, first, shared):
+    tz = ZoneInfo(zone)
+    spans = list(figures._spans(first, first + timedelta(days=4), tz, datetime(2027, 1, 1, tzinfo=UTC)))
+    index = figures._day_index(spans, tz)
+    if shared:
+        assert index == {(first + timedelta(days=i)).isoformat(): i for i in range(5)}
+    else:
+        assert index is None
+    hours = list(figures._spans(THIRD, THIRD, MSK, local(THIRD, 15.75)))  # today by the hour
+    assert figures._day_index(hours, MSK) is None

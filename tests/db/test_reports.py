@@ -566,6 +566,32 @@ def test_cached_local_times_match_astimezone_across_dst(zone):
     assert fmt(None) == ""
 
 
+def test_cached_local_times_of_a_batch_match_one_by_one():
+    fmt, one = reports.LocalTimes(ZoneInfo("Europe/Berlin")), reports.LocalTimes(ZoneInfo("Europe/Berlin"))
+    texts = [
+        None,
+        "2026-03-29 00:59:59.000000",
+        "2026-03-29 01:00:00.250000",
+        None,
+        "2026-10-25 00:30:00.000000",
+    ]
+    assert fmt.column(texts * 2) == [one(t) for t in texts * 2]
+
+
+@pytest.mark.parametrize("options", [CsvOptions(), CsvOptions.excel_ru()], ids=["comma", "excel-ru"])
+def test_rows_written_column_by_column_are_what_csv_writer_writes(options):
+    """The joined lines when no field needs quoting, csv.writer itself when one does."""
+    clean = [(1, 2, None), ("a", "", "b c"), ("2026-03-01T00:00:00+00:00", "x", "y"), (1.5, True, None)]
+    tricky = [*clean[:3], ("a,b", 'say "hi"', "two\nlines"), ("x;y", "\r", "1,5")]
+    for columns in (clean, tricky, clean[:1], [("",), ("",)], [(), ()]):
+        want, got = io.StringIO(), io.StringIO()
+        csv_out.CsvWriter(want, options, UTC).raw_rows(zip(*columns, strict=True))
+        csv_out.CsvWriter(got, options, UTC).raw_columns(
+            [list(c) if i % 2 else c for i, c in enumerate(columns)]
+        )
+        assert got.getvalue() == want.getvalue()
+
+
 def test_documented_report_settings_are_valid():
     """The README's [reports] example and the commented one in config/callbackd.toml."""
     import re

@@ -25,6 +25,7 @@ four callback requests and six attempts. Short abandon 5 s, service level 20 s, 
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -467,3 +468,24 @@ def test_the_metrics_core_imports_no_io_framework():
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         roots = {name.split(".")[0] for name in names}
         assert not roots & {"asyncio", "sqlalchemy", "pydantic", "apscheduler"}, module.__name__
+
+
+def test_median_and_p90_are_the_textbook_ones_from_one_sort():
+    import random
+    import statistics
+    from array import array
+
+    from callbackd.domain.metrics import Accumulator
+
+    rnd = random.Random(3)
+    for n in (1, 2, 3, 10, 11, 1000, 1001):
+        values = array("i", [rnd.randrange(-5, 90_000) for _ in range(n)])
+        want_median = float(statistics.median(values))
+        want_p90 = float(sorted(values)[math.ceil(0.9 * n) - 1])
+        assert (median(values), p90(values)) == (want_median, want_p90)
+        acc = Accumulator()
+        acc.first_attempt, acc.reach = values, array("i", sorted(values))
+        fig = acc.figures()
+        assert (fig.first_attempt_median, fig.first_attempt_p90) == (want_median, want_p90)
+        assert (fig.reach_median, fig.reach_p90) == (want_median, want_p90)
+    assert (median([]), p90([])) == (None, None)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from callbackd.adapters.files import atomic_text, atomic_write
     from callbackd.adapters.reports.csv_out import CsvWriter, LocalTimes, write_report_csv
+    from callbackd.adapters.reports.figures import period_report
     from callbackd.adapters.reports.json_out import report_dict
     from callbackd.adapters.reports.queries import (
         build_recovery,
@@ -52,6 +53,7 @@ _LAZY = {
     "render_table": "callbackd.adapters.reports.table",
     "export_xlsx": "callbackd.adapters.reports.xlsx",
     "write_report_xlsx": "callbackd.adapters.reports.xlsx",
+    "period_report": "callbackd.adapters.reports.figures",
 }
 _SUBMODULES = frozenset(
     {"columns", "csv_out", "figures", "json_out", "queries", "recovery", "settings", "table", "xlsx"}
@@ -91,6 +93,7 @@ __all__ = [
     "build_report",
     "call_batches",
     "export",
+    "period_report",
     "recovery_dict",
     "render_recovery",
     "render_table",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any, TextIO
 
@@ -39,6 +39,9 @@ class CsvWriter:
             raise ValueError("the CSV delimiter and the decimal separator must differ")
         self.options = options
         self.tz = tz
+        self._out = out
+        # What makes csv.writer quote a field (QUOTE_MINIMAL), or might: NUL is left to it.
+        self._special = (options.delimiter, '"', "\r", "\n", "\x00")
         if options.bom:
             out.write("\ufeff")
         self._writer = csv.writer(
@@ -76,8 +79,7 @@ class CsvWriter:
     def column_formatter(self, column) -> Callable[[tuple[Any, ...]], Iterable[Any]] | None:
         """How the export writes one batch of *column* (timestamps come as UTC text); None: as it is."""
         if isinstance(column.type, m.UTCDateTime):
-            times = LocalTimes(self.tz)
-            return lambda values: map(times, values)
+            return LocalTimes(self.tz).column
         py = _python_type(column)
         if py is str:
             return _neutralise_column if self.options.neutralise else None
@@ -94,6 +96,37 @@ class CsvWriter:
 
     def raw_rows(self, rows: Iterable[Iterable[Any]]) -> None:
         self._writer.writerows(rows)
+
+    def raw_columns(self, columns: list[Iterable[Any]]) -> None:
+        """Rows given column by column, written as :meth:`raw_rows` writes them.
+
+        When no field needs quoting (a few C-speed searches per column), the lines are joined
+        directly: csv.writer's per-field work was a third of an export's time. Otherwise
+        the batch goes through csv.writer.
+        """
+        texts: list[Sequence[str]] = []
+        clean = len(columns) > 1
+        for values in columns:
+            if not isinstance(values, list | tuple):
+                values = list(values)
+            try:
+                joined = "".join(values)  # every value a str already (times, text columns): as they are
+            except TypeError:
+                values = _texts(values)
+                joined = "".join(values)
+            texts.append(values)
+            clean = clean and not any(c in joined for c in self._special)
+        if not clean:
+            self._writer.writerows(zip(*texts, strict=True))
+            return
+        if texts[0]:  # no rows, no line
+            lines = map(self.options.delimiter.join, zip(*texts, strict=True))
+            self._out.write("\r\n".join(lines) + "\r\n")
+
+
+def _texts(values: Iterable[Any]) -> list[str]:
+    """A column's values as csv.writer writes them: None empty, other values by str()."""
+    return ["" if v is None else v if v.__class__ is str else str(v) for v in values]
 
 
 def _neutralise_or_none(value: str | None) -> str | None:
@@ -124,6 +157,14 @@ class LocalTimes:
     def __init__(self, tz: tzinfo) -> None:
         self.tz = tz
         self.cache: dict[str, tuple[str, str]] = {}
+
+    def column(self, values: Iterable[str | None]) -> list[str]:
+        """:meth:`__call__` over a batch, the cache looked up inline (one call per value less)."""
+        get, one = self.cache.get, self
+        return [
+            "" if t is None else h[0] + t[16:19] + h[1] if (h := get(t[:16])) is not None else one(t)
+            for t in values
+        ]
 
     def __call__(self, text: str | None) -> str:
         if text is None:
@@ -176,6 +217,6 @@ async def export_csv(
             cols: list[Iterable[Any]] = list(zip(*part, strict=True))
             for i, f in plan:
                 cols[i] = f(cols[i])
-            w.raw_rows(zip(*cols, strict=True))
+            w.raw_columns(cols)
             count += len(part)
     return count

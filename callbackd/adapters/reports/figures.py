@@ -26,6 +26,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import time as wall_time
 
 import structlog
 from sqlalchemy import and_, case, delete, exists, false, func, insert, or_, select
@@ -36,6 +37,7 @@ from callbackd.adapters import models as m
 from callbackd.adapters.reports.queries import (
     BATCH,
     _not_callback_leg,
+    build_report,
     call_batches,
     gc_paused,
     request_batches,
@@ -130,9 +132,13 @@ async def _slices(
     """Consecutive spans read in one pass, each row folded into its span's cells.
 
     Span edges are local midnights or UTC hours, so on quarter hours of UTC time like the
-    time keys: the span of a row is worked out once per quarter hour.
+    time keys: the span of a row is worked out once per quarter hour. When every span is a
+    whole local day, the rows go into one set of cells, shared out by the day their time key
+    names once the pass is over: the span of every row is not looked up.
     """
     builders = [CellBuilder(by, tz, thresholds) for _ in spans]
+    days = _day_index(spans, tz) if len(spans) > 1 else None
+    one = builders[0] if len(spans) == 1 else CellBuilder(by, tz, thresholds) if days else None
     reach: list[dict[int, int]] = [{} for _ in spans]
     edges = [start.timestamp() for start, _ in spans]
     memo: dict[float, int] = {}
@@ -146,8 +152,8 @@ async def _slices(
 
     start, end = spans[0][0], spans[-1][1]
     async for calls in call_batches(conn, start, end, figures_calls_query):
-        if len(spans) == 1:
-            builders[0].add_calls(calls)
+        if one is not None:
+            one.add_calls(calls)
             continue
         parts: dict[int, list[CallRow]] = {}
         for c in calls:
@@ -160,11 +166,31 @@ async def _slices(
             builders[i].add_calls(part)
     async for batch in request_batches(conn, start, end, with_queue=True):
         for req, attempts in batch:
-            builders[span_of(req.created_at)].add_request(req, attempts)
-    for try_no, at in (await conn.execute(reach_query(start, end, conn.dialect.name))).all():
-        counts = reach[span_of(datetime.fromisoformat(at + "+00:00"))]
-        counts[int(try_no)] = counts.get(int(try_no), 0) + 1
+            (one or builders[span_of(req.created_at)]).add_request(req, attempts)
+    answered = await conn.stream(reach_query(start, end, conn.dialect.name))  # a million at 10M calls
+    async for part in answered.partitions(BATCH):
+        for try_no, at in part:
+            counts = reach[span_of(datetime.fromisoformat(at + "+00:00"))]
+            counts[int(try_no)] = counts.get(int(try_no), 0) + 1
+    if days is not None and one is not None:
+        for key, acc in one.cells.items():  # a day key, or an hour key starting with its day
+            builders[days[key[0][:10]]].cells[key] = acc
     return [Slice(s, e, b.groups(), r) for (s, e), b, r in zip(spans, builders, reach, strict=True)]
+
+
+def _day_index(spans: list[tuple[datetime, datetime]], tz: tzinfo) -> dict[str, int] | None:
+    """Each span's local day (ISO date) to its index, if every span runs from a local midnight
+    to the next and those midnights exist as such (else None): then the day of a row's time key
+    is the day of its span."""
+    index: dict[str, int] = {}
+    for i, (start, end) in enumerate(spans):
+        day = start.astimezone(tz).date()
+        for edge, d in ((start, day), (end, day + timedelta(days=1))):
+            back = edge.astimezone(UTC).astimezone(tz)
+            if edge != midnight(d, tz) or (back.date(), back.time()) != (d, wall_time(0)):
+                return None
+        index[day.isoformat()] = i
+    return index
 
 
 class FiguresCache:
@@ -223,48 +249,106 @@ async def build_figures(
 
     The period runs from *first*'s midnight to the midnight after *last*, in *tz*.
     """
+    groupings = (by, *CONSOLE_GROUPINGS)
+    start, end = midnight(first, tz), midnight(last + timedelta(days=1), tz)
+    with gc_paused():
+        done = await day_slices(
+            engine, first, last, by=by, tz=tz, thresholds=thresholds, cache=cache, now=now
+        )
+        reports = [merge_report(done, start, end, g, tz, thresholds) for g in groupings]
+    return (*reports, merge_reach(done))  # type: ignore[return-value]
+
+
+async def day_slices(
+    engine: AsyncEngine,
+    first: date,
+    last: date,
+    *,
+    by: Grouping,
+    tz: tzinfo,
+    thresholds: Thresholds,
+    cache: FiguresCache | None = None,
+    now: datetime | None = None,
+) -> list[Slice]:
+    """The slices of the days *first* to *last* (see :func:`_spans`), each grouped by *by* (day or
+    hour), queue and operator: from *cache*, else stored ones still valid, else read from rows in
+    one pass per run of missing days (and those that are over stored for next time)."""
     now = now or datetime.now(UTC)
     groupings = (by, *CONSOLE_GROUPINGS)
     spans = list(_spans(first, last, tz, now))
     slices: list[Slice | None] = []
     keys = [(start, end, groupings, str(tz), thresholds, str(engine.url)) for start, end in spans]
-    with gc_paused():
-        for key in keys:
-            slices.append(cache.get(key) if cache is not None else None)
-        built: list[tuple[Slice, int]] = []  # slices over, read from rows, to store with their touches
-        if any(p is None for p in slices):
-            async with engine.connect() as conn:
-                if engine.dialect.name == "postgresql":  # every pass sees one snapshot
-                    await conn.execution_options(isolation_level="REPEATABLE READ")
-                wanted = [i for i, p in enumerate(slices) if p is None and over(spans[i][1], now)]
-                touched = await _touched(conn, [spans[i] for i in wanted])
-                for i, part in zip(wanted, await _stored(conn, [spans[i] for i in wanted], by, tz, thresholds,
-                                                         touched), strict=True):  # fmt: skip
-                    if part is not None:
-                        slices[i] = part
+    for key in keys:
+        slices.append(cache.get(key) if cache is not None else None)
+    built: list[tuple[Slice, int]] = []  # slices over, read from rows, to store with their touches
+    if any(p is None for p in slices):
+        async with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":  # every pass sees one snapshot
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            wanted = [i for i, p in enumerate(slices) if p is None and over(spans[i][1], now)]
+            touched = await _touched(conn, [spans[i] for i in wanted])
+            for i, part in zip(wanted, await _stored(conn, [spans[i] for i in wanted], by, tz, thresholds,
+                                                     touched), strict=True):  # fmt: skip
+                if part is not None:
+                    slices[i] = part
+                    if cache is not None:
+                        cache.put(keys[i], part)
+            i = 0
+            while i < len(spans):  # each run of spans still missing in one pass
+                if slices[i] is not None:
+                    i += 1
+                    continue
+                j = i
+                while j < len(spans) and slices[j] is None:
+                    j += 1
+                for k, part in enumerate(await _slices(conn, spans[i:j], by, tz, thresholds), start=i):
+                    slices[k] = part
+                    if over(part.end, now):
                         if cache is not None:
-                            cache.put(keys[i], part)
-                i = 0
-                while i < len(spans):  # each run of spans still missing in one pass
-                    if slices[i] is not None:
-                        i += 1
-                        continue
-                    j = i
-                    while j < len(spans) and slices[j] is None:
-                        j += 1
-                    for k, part in enumerate(await _slices(conn, spans[i:j], by, tz, thresholds), start=i):
-                        slices[k] = part
-                        if over(part.end, now):
-                            if cache is not None:
-                                cache.put(keys[k], part)
-                            built.append((part, touched.get((part.start, part.end), 0)))
-                    i = j
-            if built:
-                await _store(engine, built, by, tz, thresholds)
-        start, end = midnight(first, tz), midnight(last + timedelta(days=1), tz)
-        done = [p for p in slices if p is not None]
-        reports = [merge_report(done, start, end, g, tz, thresholds) for g in groupings]
-    return (*reports, merge_reach(done))  # type: ignore[return-value]
+                            cache.put(keys[k], part)
+                        built.append((part, touched.get((part.start, part.end), 0)))
+                i = j
+        if built:
+            await _store(engine, built, by, tz, thresholds)
+    return [p for p in slices if p is not None]
+
+
+def whole_days(start: datetime, end: datetime, tz: tzinfo) -> tuple[date, date] | None:
+    """The first and last local day of a period from a local midnight to a later one, else None."""
+    first, after = start.astimezone(tz).date(), end.astimezone(tz).date()
+    if after <= first or midnight(first, tz) != start or midnight(after, tz) != end:
+        return None
+    return first, after - timedelta(days=1)
+
+
+FROM_DAYS = frozenset({None, Grouping.DAY, Grouping.QUEUE, Grouping.OPERATOR})
+
+
+async def period_report(
+    engine: AsyncEngine,
+    start: datetime,
+    end: datetime,
+    *,
+    by: Grouping | None,
+    tz: tzinfo,
+    thresholds: Thresholds,
+    now: datetime | None = None,
+) -> Report:
+    """:func:`.queries.build_report`, merged from the day slices the console keeps when it can.
+
+    A period of whole local days, in total or by day, queue or operator, is the merge of its
+    days' groups: every figure is made of counts, sums and lists of durations, so medians and p90
+    are exact too (see :mod:`callbackd.domain.partials`; only the float sums behind ASA, ATA and
+    AHT may differ in the last bit, far below the tenth of a second shown). Days stored in
+    ``figures_partials`` and untouched since are not read again; the others are read in one pass
+    and stored for next time. Other periods and groupings (by hour, by source) are read row by row.
+    """
+    days = whole_days(start, end, tz) if by in FROM_DAYS else None
+    if days is None:
+        return await build_report(engine, start, end, by=by, tz=tz, thresholds=thresholds)
+    with gc_paused():
+        done = await day_slices(engine, *days, by=Grouping.DAY, tz=tz, thresholds=thresholds, now=now)
+        return merge_report(done, start, end, by, tz, thresholds)
 
 
 # -- stored slices ----------------------------------------------------------------------------
@@ -308,11 +392,13 @@ async def _stored(
         return []
     p = m.FiguresPartial
     want = {(s, _key(e, by, tz, thresholds)): (s, e) for s, e in spans}
-    rows = await conn.execute(
-        select(p.start_at, p.key, p.touched, p.data).where(p.start_at.in_([s for s, _ in spans]))
+    rows = await conn.stream(  # one at a time: a month of days is tens of MB at 10M calls
+        select(p.start_at, p.key, p.touched, p.data).where(
+            p.start_at.in_([s for s, _ in spans]), p.key.in_(sorted({k for _, k in want}))
+        )
     )
     found: dict[tuple, Slice] = {}
-    for start, key, n, data in rows.all():
+    async for start, key, n, data in rows:
         span = want.get((start, key))
         if span is None or n != touched[span]:
             continue
@@ -370,14 +456,32 @@ async def fold_touches(engine: AsyncEngine) -> None:
 
 
 async def _fold_touches(conn: AsyncConnection, t) -> None:
-    """Each hour's touch rows into one with their sum (the sums, all a stored slice compares, stay)."""
+    """Each hour's touch rows into one with their sum (the sums, all a stored slice compares, stay).
+
+    In the database: a database filled in bulk (an import, a benchmark) holds a row per write, and
+    fetching millions of them to add them up took gigabytes.
+    """
     many = select(t.hour).group_by(t.hour).having(func.count() > 1)
-    gone = (await conn.execute(delete(t).where(t.hour.in_(many)).returning(t.hour, t.n))).all()
-    sums: dict[int, int] = {}
-    for hour, n in gone:
-        sums[hour] = sums.get(hour, 0) + n
-    if sums:
-        await conn.execute(insert(t), [{"hour": h, "n": n} for h, n in sums.items()])
+    if conn.dialect.name == "postgresql":  # one statement: the rows summed are the rows deleted
+        gone = delete(t).where(t.hour.in_(many)).returning(t.hour, t.n).cte("gone")
+        await conn.execute(
+            insert(t).from_select(
+                ["hour", "n"], select(gone.c.hour, func.sum(gone.c.n)).group_by(gone.c.hour)
+            )
+        )
+        return
+    # SQLite: this transaction holds the write lock, so no row comes in between; new rows get ids
+    # above every existing one.
+    top = (await conn.execute(select(func.max(t.id)))).scalar()
+    if top is None:
+        return
+    await conn.execute(
+        insert(t).from_select(
+            ["hour", "n"],
+            select(t.hour, func.sum(t.n)).where(t.id <= top).group_by(t.hour).having(func.count() > 1),
+        )
+    )
+    await conn.execute(delete(t).where(t.id <= top, t.hour.in_(select(t.hour).where(t.id > top))))
 
 
 def _spans(first: date, last: date, tz: tzinfo, now: datetime) -> Iterator[tuple[datetime, datetime]]:
