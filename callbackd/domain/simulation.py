@@ -24,7 +24,9 @@ The model, per run:
 - a free operator takes a waiting caller first; only with nobody waiting does it take a due request
   (as the daemon does), inside business hours and the client window. Try k reaches the client with
   the fitted probability ``reach[k]``; the operator is busy for a drawn callback length (answered)
-  or the fitted ring time (not). Later tries follow the ladder; a request with no next slot is lost.
+  or the fitted ring time (not). An unanswered try ends as the stored ones did (busy, no answer, ...,
+  drawn), and later tries follow the ladder with its outcome delays; a request with no next slot is
+  lost.
 - a later answered call from the number, or an answered callback, reaches the client: a lost call
   is *net lost* when nothing reached its number after it started (the report's definition).
 
@@ -76,6 +78,9 @@ class Behaviour:
     callback_busy: tuple[float, ...]  # operator-busy seconds of answered callbacks
     miss_busy: float  # operator-busy seconds of an unanswered try
     answer_delay: float = 0.0  # seconds an operator's phone rings before a queued caller is connected
+    # How unanswered tries ended (client_busy, client_no_answer, ...), drawn with replacement: the
+    # ladder waits its ``outcome_delays`` after some (10 minutes after a busy line by default).
+    miss_outcomes: tuple[str, ...] = ()
 
     def reach_on(self, try_no: int) -> float:
         return self.reach[min(try_no, len(self.reach)) - 1]
@@ -157,6 +162,7 @@ class _Request:
     attempts: int = 0
     last: float | None = None
     closed: bool = False
+    outcome: str | None = None  # how the last try ended, for the ladder's outcome delays
 
 
 @dataclass(order=True)
@@ -272,7 +278,9 @@ class _Run:
 
     def _schedule(self, req: _Request) -> None:
         last = self._dt(req.last) if req.last is not None else None
-        due = self.s.schedule.due_at(req.attempts, last, self._dt(req.created), spread_key=req.number)
+        due = self.s.schedule.due_at(
+            req.attempts, last, self._dt(req.created), spread_key=req.number, outcome=req.outcome
+        )
         if due is None:
             self._close(req)
             return
@@ -428,6 +436,8 @@ class _Run:
             self._reached(req.number, now)
             self._close(req)
         else:
+            if self.b.miss_outcomes:
+                req.outcome = self.rng.choice(self.b.miss_outcomes)
             self._schedule(req)
 
     def _result(self) -> RunResult:
@@ -660,6 +670,7 @@ def fit(
         for a in attempts
         if a.counted and a.outcome != "answered" and a.ended_at
     ]
+    miss_outcomes = tuple(a.outcome for a in attempts if a.counted and a.outcome and a.outcome != "answered")
     answered_waits = [_wait(c) for c in queued if c.outcome == "answered"]
     return Behaviour(
         abandon_rate=theta,
@@ -669,4 +680,5 @@ def fit(
         reach=fit_reach(attempts),
         callback_busy=busy or talk,
         miss_busy=statistics.fmean(missed) if missed else 30.0,
+        miss_outcomes=miss_outcomes,
     )

@@ -19,7 +19,8 @@ The day, all of it drawn from --seed:
   (80.5 / 12 / 4.5 / 2 / 1 % of those reached), or never (--never, 10 %), busy or not answering before;
 - two operators (the lab's op1 and op2, or one with --operators 1), each paused in both queues
   for a break of a sixteenth of the day (half an hour of eight);
-- the daemon's ladder is the default, compressed: +1 h, +3 h, +6 h become +1/16 of that each.
+- the daemon's ladder is the default, compressed: +1 h, +3 h, +6 h become +1/16 of that each, and so
+  do the waits after a busy line (10 min) and congestion (2 min).
 
 Afterwards it reads the day with the product's own code (``callbackd report`` and ``--recovery``)
 and replays it with ``callbackd simulate``; it prints and writes bench/out/businessday.json:
@@ -146,7 +147,10 @@ attempts_per_hour = 0
         work,
         extra=extra,
         replace={
-            'delays = ["1h", "3h", "6h"]': f'delays = {delays}\nopening_spread = "{300 / k:.0f}s"',
+            # The whole ladder compressed: its rungs, the opening spread, and the waits after a
+            # busy line (10 min) or congestion (2 min), which replace the rung after those outcomes.
+            'delays = ["1h", "3h", "6h"]': f'delays = {delays}\nopening_spread = "{300 / k:.0f}s"\n'
+            f'outcome_delays = {{ busy = "{600 / k:.0f}s", congestion = "{120 / k:.0f}s" }}',
             # The business hours only: the clients' window stays round the clock (it is read in each
             # client's own zone, so the day's UTC window there would never meet the business hours).
             '[schedule.hours]\n"mon-sun" = "00:00-24:00"': f'[schedule.hours]\n"mon-sun" = "{hours}"',

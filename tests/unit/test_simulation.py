@@ -313,3 +313,39 @@ def test_daily_break_spans_land_on_every_day_of_the_period_in_the_schedule_zone(
         (33 * h, 33.5 * h),
         (44.5 * h, 45.5 * h),  # Tuesday's; Wednesday 12:00 Moscow is after the period
     )
+
+
+def test_an_unanswered_try_ends_as_the_stored_ones_did_and_the_ladder_waits_its_outcome_delay():
+    """Busy lines wait the ladder's busy delay (10 min), not the rung (1 h); a no-answer, the rung."""
+    sc = Scenario(1, hourly(delays=(timedelta(hours=1),), max_attempts=2), MON, period=86400)
+    b = replace(behaviour(0.0, 1.0), miss_outcomes=("client_busy",))
+    r = simulate([lost_call(0)], [], b, sc, seed=1)
+    assert r.attempts == 2 and r.reached_by_callback == 1
+    assert r.busy_in_period == 30 + 60  # one unanswered try, then one answered
+    first = 40.0  # the call was lost at 40 s, tried at once
+    later = simulate(
+        [lost_call(0), lost_call(first + 600 + 1, "+1B")], [], b, replace(sc, operators=1), seed=1
+    )
+    # The second caller's first try comes after the first request's second one (at 640 s): the
+    # operator is on it (60 s), so the second request waits until 700 s.
+    assert later.first_attempt == (0.0, 700.0 - (first + 600 + 1 + 40))
+    no_answer = replace(b, miss_outcomes=("client_no_answer",))
+    r = simulate(
+        [lost_call(0), lost_call(first + 600 + 1, "+1B")], [], no_answer, replace(sc, operators=1), seed=1
+    )
+    assert r.first_attempt == (0.0, 0.0)  # nobody's second try at 640 s: the rung is an hour
+
+
+def test_fit_keeps_how_the_unanswered_counted_tries_ended():
+    t0 = MON
+    tries = [
+        StoredAttempt(1, t0, t0 + timedelta(seconds=3), "client_busy", True),
+        StoredAttempt(
+            1, t0 + timedelta(minutes=10), t0 + timedelta(minutes=10, seconds=9), "client_no_answer", True
+        ),
+        StoredAttempt(
+            1, t0 + timedelta(minutes=20), t0 + timedelta(minutes=20, seconds=30), "answered", True
+        ),
+        StoredAttempt(2, t0, t0 + timedelta(seconds=20), "operator_no_answer", False),  # not the client's
+    ]
+    assert fit([], tries).miss_outcomes == ("client_busy", "client_no_answer")
