@@ -121,13 +121,18 @@ async def test_live_callers_waiting_hold_callbacks_back(lab, fresh, daemon_facto
     lab.operator("op2", "noanswer")
     config = lab_config(tmp_path, replace={'queues = ["support"]': 'queues = ["support", "sales"]'})
     daemon = daemon_factory(config)
-    caller = asyncio.create_task(asyncio.to_thread(lab.call, "2025550231", 8, "101"))
+    await no_callback_while_a_sales_caller_waits(lab, daemon, config, "2025550231", "+12025550232")
+
+
+async def no_callback_while_a_sales_caller_waits(lab, daemon, config, caller: str, lead: str) -> None:
+    """A sales caller waits 8 s and hangs up; a request added meanwhile rings only after."""
+    call = asyncio.create_task(asyncio.to_thread(lab.call, caller, 8, "101"))
     await asyncio.sleep(2)
-    add(config, "+12025550232")
-    abandon = await wait(daemon, "call.missed", 20, number="2025550231")
-    await caller
+    add(config, lead)
+    abandon = await wait(daemon, "call.missed", 20, number=caller)
+    await call
     ringing = await wait(daemon, "operator.ringing", 20)
-    assert ts(ringing) > ts(abandon), "a callback started while a live caller waited"
+    assert ts(ringing) > ts(abandon), "a callback took an operator a live caller was waiting for"
 
 
 async def test_a_caller_waiting_in_a_queue_the_dialer_does_not_serve_holds_the_operators_it_shares(
@@ -138,13 +143,7 @@ async def test_a_caller_waiting_in_a_queue_the_dialer_does_not_serve_holds_the_o
     lab.operator("op2", "noanswer")
     config = lab_config(tmp_path)  # queues = ["support"]
     daemon = daemon_factory(config)
-    caller = asyncio.create_task(asyncio.to_thread(lab.call, "2025550233", 8, "101"))
-    await asyncio.sleep(2)
-    add(config, "+12025550234")
-    abandon = await wait(daemon, "call.missed", 20, number="2025550233")
-    await caller
-    ringing = await wait(daemon, "operator.ringing", 20)
-    assert ts(ringing) > ts(abandon), "a callback took an operator a sales caller was waiting for"
+    await no_callback_while_a_sales_caller_waits(lab, daemon, config, "2025550233", "+12025550234")
 
 
 async def test_a_sales_abandon_is_called_back_by_a_sales_member_with_the_sales_caller_id(
