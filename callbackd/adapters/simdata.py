@@ -35,6 +35,8 @@ async def load_period(engine: AsyncEngine, start: datetime, end: datetime) -> St
                     m.Call.ended_at,
                     m.Call.hold_time,
                     m.Call.outcome,
+                    m.Call.joined_at,
+                    m.Call.agent,
                 ).where(
                     m.Call.started_at >= start,
                     m.Call.started_at < end,
@@ -76,7 +78,7 @@ async def load_period(engine: AsyncEngine, start: datetime, end: datetime) -> St
         attempts = []
         dialled = set()  # interfaces (PJSIP/op1), where calls name members ("Operator One")
         for rid, started, ended, outcome, counted, operator in rows:
-            attempts.append(StoredAttempt(rid, started, ended, outcome, bool(counted)))
+            attempts.append(StoredAttempt(rid, started, ended, outcome, bool(counted), operator))
             if outcome == "answered":
                 dialled.add(operator)
     return StoredPeriod(calls, leads, attempts, max(len(agents), len(dialled), 1))

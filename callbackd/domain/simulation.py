@@ -568,6 +568,8 @@ class StoredCall:
     ended_at: datetime | None
     hold_time: int | None
     outcome: str
+    joined_at: datetime | None = None  # entered the queue (the wait counts from here)
+    agent: str | None = None  # the operator who answered (the pool's identity)
 
 
 @dataclass(frozen=True)
@@ -577,6 +579,7 @@ class StoredAttempt:
     ended_at: datetime | None
     outcome: str | None
     counted: bool
+    operator: str | None = None
 
 
 DEFAULT_REACH = 0.5  # when the period holds no callback tries at all
@@ -584,6 +587,11 @@ MIN_TRIES = 3  # fewer tries of a rank than this: pooled with the later ranks
 
 
 def _wait(c: StoredCall) -> float:
+    """Seconds queued: from the join to the answer or the hang-up when both are stored (Asterisk's
+    HoldTime is whole seconds, cut down), else HoldTime, else from the call's start."""
+    end = c.answered_at if c.outcome == "answered" else c.ended_at
+    if c.joined_at is not None and end is not None:
+        return max((end - c.joined_at).total_seconds(), 0.0)
     if c.hold_time is not None:
         return float(c.hold_time)
     end = c.answered_at or c.ended_at
@@ -593,7 +601,7 @@ def _wait(c: StoredCall) -> float:
 def to_sim_calls(calls: Sequence[StoredCall], start: datetime) -> list[SimCall]:
     out = []
     for c in calls:
-        at = (c.started_at - start).total_seconds()
+        at = ((c.joined_at if c.queue is not None and c.joined_at else c.started_at) - start).total_seconds()
         answered = c.outcome == "answered"
         talk = (
             (c.ended_at - c.answered_at).total_seconds()
@@ -643,6 +651,34 @@ def fit_reach(attempts: Sequence[StoredAttempt]) -> tuple[float, ...]:
     return tuple(reach)
 
 
+def fit_answer_delay(queued: Sequence[StoredCall], attempts: Sequence[StoredAttempt]) -> float:
+    """Seconds from "a caller waits and an operator is free" to the two talking, on average: the
+    operator's ring, and the queue's own pause before it rings a member who just came free (its
+    ``retry``, device state news). Per answered call: its answer less the later of its join and the
+    end of the answering operator's previous call or callback. Without joins and operators stored:
+    the quickest answer any queued caller got."""
+    busy: dict[str, list[tuple[datetime, datetime]]] = {}
+    for c in queued:
+        if c.outcome == "answered" and c.agent and c.answered_at and c.ended_at:
+            busy.setdefault(c.agent, []).append((c.answered_at, c.ended_at))
+    for a in attempts:
+        if a.operator and a.ended_at:
+            busy.setdefault(a.operator, []).append((a.started_at, a.ended_at))
+    gaps = []
+    for c in queued:
+        if c.outcome != "answered" or not (c.agent and c.answered_at and c.joined_at):
+            continue
+        before = [
+            end for begin, end in busy.get(c.agent, ()) if begin < c.answered_at and end <= c.answered_at
+        ]
+        ready = max([c.joined_at, *before])
+        gaps.append((c.answered_at - ready).total_seconds())
+    if gaps:
+        return statistics.fmean(gaps)
+    answered_waits = [_wait(c) for c in queued if c.outcome == "answered"]
+    return min(answered_waits) if answered_waits else 0.0
+
+
 def fit(
     calls: Sequence[StoredCall], attempts: Sequence[StoredAttempt], *, default_talk: float = 120.0
 ) -> Behaviour:
@@ -671,11 +707,9 @@ def fit(
         if a.counted and a.outcome != "answered" and a.ended_at
     ]
     miss_outcomes = tuple(a.outcome for a in attempts if a.counted and a.outcome and a.outcome != "answered")
-    answered_waits = [_wait(c) for c in queued if c.outcome == "answered"]
     return Behaviour(
         abandon_rate=theta,
-        # The quickest answer any queued caller got: the operator's ring, paid on every answer.
-        answer_delay=min(answered_waits) if answered_waits else 0.0,
+        answer_delay=fit_answer_delay(queued, attempts),
         talk=talk,
         reach=fit_reach(attempts),
         callback_busy=busy or talk,

@@ -349,3 +349,21 @@ def test_fit_keeps_how_the_unanswered_counted_tries_ended():
         StoredAttempt(2, t0, t0 + timedelta(seconds=20), "operator_no_answer", False),  # not the client's
     ]
     assert fit([], tries).miss_outcomes == ("client_busy", "client_no_answer")
+
+
+def test_the_answer_delay_is_free_operator_to_talking_and_waits_count_from_the_join():
+    """A: joined at 1 s, op1 free, answered at 1.5 s (0.5 s of ring). B: joined at 2 s while op1
+    talked to A until 20 s, answered at 21.2 s (the queue's pause and the ring after op1 came free:
+    1.2 s). C: op2 came back from a callback at 30 s, answered C (joined at 29 s) at 30.8 s."""
+    calls = [
+        StoredCall(at(0), "+1A", "q", at(1.5), at(20), 0, "answered", joined_at=at(1), agent="PJSIP/op1"),
+        StoredCall(at(1), "+1B", "q", at(21.2), at(40), 19, "answered", joined_at=at(2), agent="PJSIP/op1"),
+        StoredCall(at(28), "+1C", "q", at(30.8), at(50), 1, "answered", joined_at=at(29), agent="PJSIP/op2"),
+        StoredCall(at(30), "+1D", "q", None, at(37.9), 7, "missed", joined_at=at(30.5)),
+    ]
+    tries = [StoredAttempt(1, at(10), at(30), "answered", True, operator="PJSIP/op2")]
+    b = fit(calls, tries)
+    assert b.answer_delay == pytest.approx((0.5 + 1.2 + 0.8) / 3)
+    sims = to_sim_calls(calls, MON)
+    assert (sims[1].at, sims[1].waited) == (2, pytest.approx(19.2))  # from the join, not HoldTime's 19
+    assert (sims[3].at, sims[3].patience) == (30.5, pytest.approx(7.4))
