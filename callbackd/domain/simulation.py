@@ -219,6 +219,8 @@ class _Run:
         self.delayed = 0
         self.queue_wait = 0.0
         self.patience: dict[int, float] = {}
+        self.leaving: list[float] = []  # breaks begun while their operator was still on a call
+        self.late = 0.0  # break seconds spent finishing those calls (business hours, in the period)
         self._open_from = 0.0
         self._open_until: float | None = None
 
@@ -361,12 +363,25 @@ class _Run:
         self.request(lead.number, now)
 
     def _on_free(self, now: float, _: object) -> None:
+        if self.free < 0 and self.leaving:  # the one going on a break: it leaves only now
+            self._on_duty(self.leaving.pop(0), now)
         self.free += 1
 
     def _on_away(self, now: float, change: int) -> None:
         """A break starts (-1) or ends (+1). Below zero free: the one going away is on a call and
         leaves when it ends (that call's own "free" brings the count back to zero)."""
+        if change > 0 and self.leaving:  # the break ended before its operator's call did
+            self._on_duty(self.leaving.pop(0), now)
         self.free += change
+        if change < 0 and self.free < 0:
+            self.leaving.append(now)
+
+    def _on_duty(self, start: float, end: float) -> None:
+        """Break time spent finishing a call: on duty after all, for occupancy's base."""
+        end = min(end, self.s.period)
+        if end > start:
+            cal = self.s.schedule.calendar
+            self.late += open_seconds(cal, self._dt(start), self._dt(end))
 
     def _on_due(self, now: float, _: object) -> None:
         pass  # dispatch runs after every event
@@ -463,7 +478,7 @@ class _Run:
             open_seconds=open_seconds(
                 self.s.schedule.calendar, self.s.epoch, self.s.epoch + timedelta(seconds=self.s.period)
             ),
-            staffed_seconds=self.s.staffed_seconds(),
+            staffed_seconds=self.s.staffed_seconds() + self.late,
         )
 
 

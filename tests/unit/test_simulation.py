@@ -289,8 +289,11 @@ def test_an_operator_finishes_the_call_before_the_break_and_is_away_until_it_end
     assert (r.abandoned, r.queue_wait) == (1, 30.0)  # gave up at 140, during the break
     r = simulate([first, SimCall(110, "+1B", True, patience=60, talk=10)], [], b, sc, seed=1)
     assert (r.abandoned, r.queue_wait, r.busy_in_period) == (0, 40.0, 110.0)  # answered at 150
-    # Occupancy over the time on duty: 3600 s less the 100 s break.
-    assert r.occupancy(1) == pytest.approx(110 / 3500)
+    # Occupancy over the time on duty: 3600 s less the break, whose first 50 s went on A's call.
+    assert r.occupancy(1) == pytest.approx(110 / 3550)
+    # A break over before A's call ends was never taken: on duty all hour.
+    short = simulate([first], [], b, replace(sc, breaks=((20.0, 40.0),)), seed=1)
+    assert short.occupancy(1) == pytest.approx(100 / 3600)
     no_break = simulate(
         [first, SimCall(110, "+1B", True, patience=30, talk=10)], [], b, replace(sc, breaks=()), seed=1
     )
