@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
-from labdaemon import DaemonProcess
+from labdaemon import DaemonProcess, unit_environment
 
 from bench.benchlib import (
     ROOT,
@@ -122,6 +123,7 @@ def import_profile(python: str = sys.executable) -> dict[str, object]:
         text=True,
         check=True,
         cwd=ROOT,
+        env={**os.environ, **unit_environment()},  # as the daemon runs (PYTHONOPTIMIZE)
     )
     data = json.loads(res.stdout)
     steps = data["steps"]
@@ -147,7 +149,7 @@ def main() -> int:
     seconds = args.seconds or (30.0 if args.quick else 60.0)
     with lab_session() as status, tempfile.TemporaryDirectory(prefix="callbackd-footprint-") as tmp:
         python = sys.executable if args.test_venv else production_python()
-        daemon = DaemonProcess(bench_config(Path(tmp)), python=python)
+        daemon = DaemonProcess(bench_config(Path(tmp)), python=python)  # with the unit's environment
         try:
             daemon.wait_for("ami.resynced", 30)
             time.sleep(SETTLE)

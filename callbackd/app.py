@@ -655,7 +655,7 @@ class Daemon:
                 await self._retention(now)
                 if self._folded_at is None or now - self._folded_at >= timedelta(hours=1):
                     self._folded_at = now
-                    from callbackd.adapters.reports.figures import fold_touches
+                    from callbackd.adapters.reports.touches import fold_touches
 
                     await fold_touches(self.store.engine)
             except Exception:

@@ -28,6 +28,7 @@ from callbackd.adapters.reports import (
     build_report,
     figures,
     period_report,
+    touches,
     write_report,
 )
 from callbackd.adapters.reports.figures import FiguresCache, build_figures
@@ -385,7 +386,7 @@ async def test_touches_are_folded_one_row_an_hour_as_days_are_stored(engine, rea
         assert (await conn.execute(select(func.sum(m.FiguresTouched.n)))).scalar() == sums
     assert before > after == hours
     await add(engine, call("fold-1", None, local(FIRST, 3)), call("fold-2", None, local(FIRST, 3.5)))
-    await figures.fold_touches(engine)  # as the daemon does hourly
+    await touches.fold_touches(engine)  # as the daemon does hourly
     async with engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(m.FiguresTouched))).scalar() == hours
         assert (await conn.execute(select(func.sum(m.FiguresTouched.n)))).scalar() == sums + 2

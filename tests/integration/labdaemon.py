@@ -16,6 +16,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_CONFIG = ROOT / "asterisk" / "callbackd-lab.toml"
+UNIT = ROOT / "systemd" / "callbackd.service"
+
+
+def unit_environment(unit: str | None = None) -> dict[str, str]:
+    """What the unit's ``Environment=`` lines give the daemon, but its config path (each caller
+    passes its own): the benchmarks and the package test run the daemon as systemd does."""
+    env: dict[str, str] = {}
+    for line in (UNIT.read_text() if unit is None else unit).splitlines():
+        if line.startswith("Environment="):
+            for item in line.removeprefix("Environment=").split():
+                key, _, value = item.strip('"').partition("=")
+                env[key] = value
+    env.pop("CALLBACKD_CONFIG", None)
+    return env
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,7 @@ class DaemonProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **unit_environment(), **(env or {})},  # as systemd runs it
             cwd=ROOT,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)

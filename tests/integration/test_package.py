@@ -23,6 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "packaging"))
 import debchroot  # noqa: E402
+from labdaemon import unit_environment  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -75,10 +76,13 @@ class ChrootDaemon:
     def __init__(self, root: Path) -> None:
         self.lines: list[dict] = []
         self._cond = threading.Condition()
+        # The installed unit's environment (PYTHONOPTIMIZE among it), as systemd would give it.
+        unit_env = unit_environment((root / "lib/systemd/system/callbackd.service").read_text())
         self.proc = debchroot.popen(
             root,
-            # setpriv execs (runuser forks, and SIGKILLs its child 2 s after a SIGTERM)
-            ["setpriv", "--reuid=callbackd", "--regid=callbackd", "--init-groups",
+            # env and setpriv exec (runuser forks, and SIGKILLs its child 2 s after a SIGTERM)
+            ["env", *(f"{k}={v}" for k, v in unit_env.items()),
+             "setpriv", "--reuid=callbackd", "--regid=callbackd", "--init-groups",
              "/usr/bin/callbackd", "--config", CONF, "run"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
         )
@@ -139,6 +143,11 @@ def test_install_run_against_the_lab_upgrade_and_purge(debs, chroot, lab, paused
     unit = (root / "lib/systemd/system/callbackd.service").read_text()
     assert "ExecStart=/usr/bin/callbackd run" in unit
     assert "ConditionPathExists=/etc/callbackd/ami_secret" in unit
+    # The service runs with -OO: its bytecode is compiled at install, /opt is read-only to it.
+    assert unit_environment(unit)["PYTHONOPTIMIZE"] == "2"
+    site = next((root / "opt/callbackd/lib").glob("python3*/site-packages"))
+    for package in ("callbackd", "sqlalchemy"):
+        assert list((site / package / "__pycache__").glob("__init__.*.opt-2.pyc")), package
 
     # The CLI from the installed files (--version where the CLI has it, else --help).
     version = sh(root, "callbackd --version", check=False)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from callbackd.domain.metrics import Report
 
 # Each name, loaded from its module on first use: the daemon needs ReportSettings (its status
-# line) and the figures' fold, not the renderers; the xlsx one alone brings openpyxl (~5 MB).
+# line) and the touches' fold (.touches), not the renderers; the xlsx one alone brings openpyxl (~5 MB).
 _LAZY = {
     "atomic_text": "callbackd.adapters.files",
     "atomic_write": "callbackd.adapters.files",
@@ -56,7 +56,18 @@ _LAZY = {
     "period_report": "callbackd.adapters.reports.figures",
 }
 _SUBMODULES = frozenset(
-    {"columns", "csv_out", "figures", "json_out", "queries", "recovery", "settings", "table", "xlsx"}
+    {
+        "columns",
+        "csv_out",
+        "figures",
+        "json_out",
+        "queries",
+        "recovery",
+        "settings",
+        "table",
+        "touches",
+        "xlsx",
+    }
 )
 
 

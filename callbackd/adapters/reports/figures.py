@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from datetime import time as wall_time
 
 import structlog
-from sqlalchemy import and_, case, delete, exists, false, func, insert, or_, select
+from sqlalchemy import and_, case, delete, exists, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
@@ -43,6 +43,7 @@ from callbackd.adapters.reports.queries import (
     request_batches,
     utc_text,
 )
+from callbackd.adapters.reports.touches import fold_touches_in
 from callbackd.domain.metrics import REACHED_STATUSES, CallRow, Grouping, Report, Thresholds
 from callbackd.domain.partials import (
     CellBuilder,
@@ -417,7 +418,7 @@ async def _store(engine: AsyncEngine, built: list[tuple[Slice, int]], by: Groupi
     read of the rows, never this page. Storing a day drops the stored hours inside it (the
     hours of a day shown while under way), which the day's slice now covers.
     """
-    p, t = m.FiguresPartial, m.FiguresTouched
+    p = m.FiguresPartial
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
@@ -443,45 +444,9 @@ async def _store(engine: AsyncEngine, built: list[tuple[Slice, int]], by: Groupi
                               "data": stmt.excluded.data},
                     )
                 )  # fmt: skip
-            await _fold_touches(conn, t)
+            await fold_touches_in(conn)
     except Exception as e:  # a cache that cannot be written is a cache miss later
         log.warning("figures.store_failed", error=f"{e.__class__.__name__}: {e}")
-
-
-async def fold_touches(engine: AsyncEngine) -> None:
-    """Fold the touch rows the triggers add (the daemon does it hourly, in case nobody looks at
-    the figures: the rows a day of writes adds become 24)."""
-    async with engine.begin() as conn:
-        await _fold_touches(conn, m.FiguresTouched)
-
-
-async def _fold_touches(conn: AsyncConnection, t) -> None:
-    """Each hour's touch rows into one with their sum (the sums, all a stored slice compares, stay).
-
-    In the database: a database filled in bulk (an import, a benchmark) holds a row per write, and
-    fetching millions of them to add them up took gigabytes.
-    """
-    many = select(t.hour).group_by(t.hour).having(func.count() > 1)
-    if conn.dialect.name == "postgresql":  # one statement: the rows summed are the rows deleted
-        gone = delete(t).where(t.hour.in_(many)).returning(t.hour, t.n).cte("gone")
-        await conn.execute(
-            insert(t).from_select(
-                ["hour", "n"], select(gone.c.hour, func.sum(gone.c.n)).group_by(gone.c.hour)
-            )
-        )
-        return
-    # SQLite: this transaction holds the write lock, so no row comes in between; new rows get ids
-    # above every existing one.
-    top = (await conn.execute(select(func.max(t.id)))).scalar()
-    if top is None:
-        return
-    await conn.execute(
-        insert(t).from_select(
-            ["hour", "n"],
-            select(t.hour, func.sum(t.n)).where(t.id <= top).group_by(t.hour).having(func.count() > 1),
-        )
-    )
-    await conn.execute(delete(t).where(t.id <= top, t.hour.in_(select(t.hour).where(t.id > top))))
 
 
 def _spans(first: date, last: date, tz: tzinfo, now: datetime) -> Iterator[tuple[datetime, datetime]]:
