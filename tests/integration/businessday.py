@@ -384,7 +384,9 @@ def main() -> int:
     p.add_argument("--operators", type=int, choices=[1, 2], default=2)
     p.add_argument("--never", type=float, default=0.10, help="share of clients no callback ever reaches")
     p.add_argument("--dialer", choices=["on", "off", "both"], default="on")
-    p.add_argument("--runs", type=int, default=20, help="simulator runs")
+    # Replays are cheap (2,000 of a day in 10 s) and the mean of 100 is off by about 0.1 points of
+    # net lost rate (4 % of a 2.4 % rate) from Monte Carlo noise alone, too coarse for a ±20 % check.
+    p.add_argument("--runs", type=int, default=2000, help="simulator runs")
     p.add_argument("--seed", type=int, default=20261130)
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "out" / "businessday.json")
