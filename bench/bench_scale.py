@@ -11,7 +11,8 @@ burst every ``--every`` seconds. Their numbers end in 6, which the lab's PSTN an
 once, so a callback is over about two seconds after the operator answers.
 
 Figures: abandon (QueueCallerAbandon Timestamp) -> INVITE at the operator's SIPp (message
-trace), over the calls that found an operator free and over all; callbacks in flight at peak
+trace), over the calls that found an operator free (fewer callbacks in flight and callers
+queued ahead of it than operators) and over all; callbacks in flight at peak
 (Originates sent minus outcomes); claim latency (request.stored -> operator.ringing, the
 daemon's own log times); event lag (Asterisk's Hangup of the caller -> the daemon's
 call.missed log line); daemon CPU and RSS (sampled every second); double dials (numbers the
@@ -259,6 +260,11 @@ def figures(
     def in_flight(at: float) -> int:
         return sum(1 for t in started if t < at) - sum(1 for t in outcomes if t < at)
 
+    def queued_ahead(at: float) -> int:
+        """Callers who hung up before ``at`` whose callback had not started: a freed operator goes
+        to the oldest of them first, so a caller behind them has no operator free for it."""
+        return sum(1 for k, t in watch.abandons.items() if t < at and ringing.get(k, float("inf")) >= at)
+
     free_ms, all_ms, lost = [], [], []
     for key in map(digits10, [f"202555{k:03d}6" for k in range(calls)]):
         t0 = watch.abandons.get(key)
@@ -269,7 +275,7 @@ def figures(
             continue
         ms = (invites[key] - t0) * 1000
         all_ms.append(ms)
-        if in_flight(t0) < operators:
+        if in_flight(t0) + queued_ahead(t0) < operators:
             free_ms.append(ms)
     peak = max((in_flight(t) for t in started), default=0) + (1 if started else 0)
     claim_ms = [(ring_by_request[r] - stored[r]) * 1000 for r in ring_by_request if r in stored]
