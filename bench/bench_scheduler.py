@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import random
+import sqlite3
 import sys
 import time
 import uuid
@@ -165,12 +166,19 @@ async def plans(store: Store, capture: Capture, dialect: str) -> list[dict[str, 
 
 
 async def db_size(engine, dialect: str, path: Path | None) -> dict[str, float]:
+    if dialect == "sqlite":
+        assert path is not None
+
+        def checkpointed_size() -> int:
+            # Outside the engine: its connections begin every transaction IMMEDIATE, and SQLite
+            # refuses a checkpoint inside one ("database table is locked").
+            with contextlib.closing(sqlite3.connect(path)) as con:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return os.path.getsize(path)
+
+        size = await asyncio.to_thread(checkpointed_size)
+        return {"file_mb": round(size / 2**20, 2)}
     async with engine.connect() as conn:
-        if dialect == "sqlite":
-            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-            assert path is not None
-            size = await asyncio.to_thread(os.path.getsize, path)
-            return {"file_mb": round(size / 2**20, 2)}
         row = (
             await conn.execute(
                 text(
