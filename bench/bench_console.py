@@ -256,7 +256,7 @@ def figures_of(summary: dict) -> dict:
     load = summary["load_average"][0]
     res["notes"].append(
         f"measured {summary['when']} on {machine()['cpu']} (load average {load:.1f}: a shared 2-core"
-        f" machine), apart from the other rows; {NOTE}"
+        f" machine); {NOTE}"
     )
     return res
 
