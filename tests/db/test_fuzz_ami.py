@@ -305,7 +305,9 @@ def test_ami_bytes_never_crash_store_garbage_or_dial_a_bad_number(tmp_path):
             due = [
                 r
                 for r in requests
-                if r.status == RequestStatus.OPEN and r.due_at.replace(tzinfo=UTC) <= later
+                if r.status == RequestStatus.OPEN
+                and r.due_at is not None
+                and r.due_at.replace(tzinfo=UTC) <= later
             ]
 
             async def dial_everything() -> list[dict[str, Any]]:
