@@ -593,7 +593,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     async def go() -> int:
         engine = await _migrated(args, cfg, read_only=True)  # refuses a missing or old database first
         await engine.dispose()
-        out = await whatif.run(cfg, start, end, changes, runs=args.runs, seed=args.seed, breaks=breaks)
+        out = await whatif.run(
+            cfg, start, end, changes, runs=args.runs, seed=args.seed, breaks=breaks, reach=args.reach
+        )
         with _output(args.output) as f:
             f.write(json.dumps(out, indent=2) + "\n" if args.format == "json" else whatif.render(out))
         return 0
@@ -848,6 +850,13 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. 12:00-12:30,12:30-13:00 (the database holds who answered, not who was on duty)",
     )
     sm.add_argument("--no-dialer", action="store_true", help="the what-if without callbacks")
+    sm.add_argument(
+        "--reach",
+        choices=["clients", "fitted"],
+        default="clients",
+        help="clients (default): each client's stored tries go as they went, later tries are drawn "
+        "from the reach by try; fitted: every try is drawn",
+    )
     sm.add_argument("--runs", type=int, default=20, help="repeated runs for the band (default 20)")
     sm.add_argument("--seed", type=int, default=1, help="random seed, for repeatable runs (default 1)")
     sm.add_argument("--format", choices=["table", "json"], default="table", help="output format")

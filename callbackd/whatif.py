@@ -17,6 +17,7 @@ from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.errors import DomainError
 from callbackd.domain.ladder import RetryLadder, Schedule
 
+REACH_MODES = ("clients", "fitted")
 FIGURES = (
     "car",
     "net_lost_rate",
@@ -115,10 +116,15 @@ async def run(
     seed: int,
     now: datetime | None = None,
     breaks: Sequence[tuple[time, time]] = (),
+    reach: str = "clients",
 ) -> dict:
     """*now*: when the figures are read (default: the present), as the report reads the database.
     *breaks*: the period's rota (daily spans in the schedule's time zone, one operator away each),
-    applied to every scenario: the database records who answered, not who was on duty."""
+    applied to every scenario: the database records who answered, not who was on duty.
+    *reach*: ``clients`` replays each client's stored tries as they went and draws only the tries
+    the period did not make; ``fitted`` draws every try from the per-try reach."""
+    if reach not in REACH_MODES:
+        raise ValueError(f"reach {reach!r}: one of {', '.join(REACH_MODES)}")
     from callbackd.adapters import db, reports, simdata
     from callbackd.domain import simulation as sim
 
@@ -131,7 +137,7 @@ async def run(
         )
     finally:
         await engine.dispose()
-    behaviour = sim.fit(period.calls, period.attempts)
+    behaviour = sim.fit(period.calls, period.attempts, per_client=reach == "clients")
     calls = sim.to_sim_calls(period.calls, start)
     base = cfg.schedule_rules()
     period_max = (end - start + base.max_age).total_seconds()
@@ -167,6 +173,8 @@ async def run(
             "breaks": [f"{a.isoformat()}-{b.isoformat()}" for a, b in breaks],
             "mean_patience_s": 1 / behaviour.abandon_rate,
             "reach_by_try": list(behaviour.reach),
+            "reach": reach,
+            "clients_replayed": len(behaviour.clients),
             "talk_mean_s": sum(behaviour.talk) / len(behaviour.talk),
             "unanswered_try_s": behaviour.miss_busy,
         },
@@ -214,6 +222,9 @@ def render(out: dict[str, Any]) -> str:
         f"fitted: {fitted['operators']} operators, mean patience {fitted['mean_patience_s']:.0f}s, "
         f"reach by try {reach} %, talk {fitted['talk_mean_s']:.0f}s, unanswered try "
         f"{fitted['unanswered_try_s']:.0f}s",
+        f"reach: {fitted['clients_replayed']} clients' stored tries replayed as they went, later tries drawn"
+        if fitted["reach"] == "clients"
+        else "reach: every try drawn from the reach by try",
         f"predicted over {out['runs']} runs (seeds from {out['seed']}): mean [5th - 95th percentile]",
     ]
     for name, s in out["scenarios"].items():

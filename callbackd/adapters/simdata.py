@@ -71,14 +71,15 @@ async def load_period(engine: AsyncEngine, start: datetime, end: datetime) -> St
                 m.Attempt.outcome,
                 m.Attempt.counted,
                 m.Attempt.operator,
+                m.Request.number,
             )
             .join(m.Request, m.Request.id == m.Attempt.request_id)
             .where(m.Request.created_at >= start, m.Request.created_at < end)
         )
         attempts = []
         dialled = set()  # interfaces (PJSIP/op1), where calls name members ("Operator One")
-        for rid, started, ended, outcome, counted, operator in rows:
-            attempts.append(StoredAttempt(rid, started, ended, outcome, bool(counted), operator))
+        for rid, started, ended, outcome, counted, operator, number in rows:
+            attempts.append(StoredAttempt(rid, started, ended, outcome, bool(counted), operator, number))
             if outcome == "answered":
                 dialled.add(operator)
     return StoredPeriod(calls, leads, attempts, max(len(agents), len(dialled), 1))

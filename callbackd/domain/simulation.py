@@ -22,11 +22,13 @@ The model, per run:
 - ``breaks`` take one operator each away for their span (an operator on a call finishes it first):
   the period's rota, which the database does not hold, so the admin states it (``--breaks``).
 - a free operator takes a waiting caller first; only with nobody waiting does it take a due request
-  (as the daemon does), inside business hours and the client window. Try k reaches the client with
-  the fitted probability ``reach[k]``; the operator is busy for a drawn callback length (answered)
-  or the fitted ring time (not). An unanswered try ends as the stored ones did (busy, no answer, ...,
-  drawn), and later tries follow the ladder with its outcome delays; a request with no next slot is
-  lost.
+  (as the daemon does), inside business hours and the client window. Try k of a request goes as
+  the client's stored try k went when the period made it (``Behaviour.clients``: the data's own
+  clients are kept, as its hung-up callers keep their patience); else it reaches the client with
+  the fitted probability ``reach[k]``. The operator is busy for a drawn callback length (answered)
+  or the fitted ring time (not). An unanswered try ends as it did (busy, no answer, ...) or, drawn,
+  as a stored one did, and later tries follow the ladder with its outcome delays; a request with
+  no next slot is lost.
 - a later answered call from the number, or an answered callback, reaches the client: a lost call
   is *net lost* when nothing reached its number after it started (the report's definition).
 
@@ -43,7 +45,7 @@ import math
 import random
 import statistics
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta, tzinfo
 
@@ -82,9 +84,18 @@ class Behaviour:
     # How unanswered tries ended (client_busy, client_no_answer, ...), drawn with replacement: the
     # ladder waits its ``outcome_delays`` after some (10 minutes after a busy line by default).
     miss_outcomes: tuple[str, ...] = ()
+    # Per number, the stored requests' counted tries in order, each "answered" or how it ended: a
+    # client's own tries are replayed as they went, and only tries the period did not make are drawn
+    # from ``reach`` (as a hung-up caller keeps the patience seen). Empty: every try is drawn.
+    clients: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict, hash=False)
 
     def reach_on(self, try_no: int) -> float:
         return self.reach[min(try_no, len(self.reach)) - 1]
+
+    def stored_tries(self, number: str, nth: int) -> tuple[str, ...]:
+        """The outcomes of the number's ``nth`` stored request's tries (0: its first request)."""
+        requests = self.clients.get(number, ())
+        return requests[nth] if nth < len(requests) else ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,7 @@ class _Request:
     last: float | None = None
     closed: bool = False
     outcome: str | None = None  # how the last try ended, for the ladder's outcome delays
+    stored: tuple[str, ...] = ()  # how the client's stored tries went (Behaviour.clients)
 
 
 @dataclass(order=True)
@@ -207,6 +219,7 @@ class _Run:
         self.gone: set[int] = set()  # queued callers who hung up or were answered
         self.due: list[tuple[float, int, _Request]] = []
         self.open: dict[str, _Request] = {}
+        self.made: dict[str, int] = {}  # requests made per number so far
         self.reached_at: dict[str, list[float]] = {}
         self.requests = 0
         self.attempts = 0
@@ -273,7 +286,9 @@ class _Run:
             return
         if number in self.open:
             return  # merged into the open request
-        req = _Request(number, now)
+        nth = self.made.get(number, 0)
+        self.made[number] = nth + 1
+        req = _Request(number, now, stored=self.b.stored_tries(number, nth))
         self.open[number] = req
         self.requests += 1
         if self.s.dialer:
@@ -442,7 +457,12 @@ class _Run:
         self.attempts += 1
         if now < self.s.period:
             self.attempts_in_period += 1
-        reached = self.rng.random() < self.b.reach_on(req.attempts)
+        if req.attempts <= len(req.stored):  # this try was made in the period: as it went
+            outcome: str | None = req.stored[req.attempts - 1]
+            reached = outcome == "answered"
+        else:
+            reached = self.rng.random() < self.b.reach_on(req.attempts)
+            outcome = None if reached or not self.b.miss_outcomes else self.rng.choice(self.b.miss_outcomes)
         length = self.rng.choice(self.b.callback_busy) if reached else self.b.miss_busy
         self.free -= 1
         self.push(now + length, "free")
@@ -452,8 +472,7 @@ class _Run:
             self._reached(req.number, now)
             self._close(req)
         else:
-            if self.b.miss_outcomes:
-                req.outcome = self.rng.choice(self.b.miss_outcomes)
+            req.outcome = outcome
             self._schedule(req)
 
     def _result(self) -> RunResult:
@@ -596,6 +615,7 @@ class StoredAttempt:
     outcome: str | None
     counted: bool
     operator: str | None = None
+    number: str | None = None  # the request's
 
 
 DEFAULT_REACH = 0.5  # when the period holds no callback tries at all
@@ -667,6 +687,24 @@ def fit_reach(attempts: Sequence[StoredAttempt]) -> tuple[float, ...]:
     return tuple(reach)
 
 
+def fit_clients(attempts: Sequence[StoredAttempt]) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Per number, its requests' counted tries in order (requests by id, tries by start): how each
+    went, up to the first one still without an outcome (in progress when the period was read)."""
+    by_request: dict[tuple[int, str], list[StoredAttempt]] = {}
+    for a in attempts:
+        if a.counted and a.number is not None:
+            by_request.setdefault((a.request_id, a.number), []).append(a)
+    clients: dict[str, list[tuple[str, ...]]] = {}
+    for (_, number), tries in sorted(by_request.items()):
+        outcomes: list[str] = []
+        for a in sorted(tries, key=lambda a: a.started_at):
+            if a.outcome is None:
+                break
+            outcomes.append(a.outcome)
+        clients.setdefault(number, []).append(tuple(outcomes))
+    return {number: tuple(requests) for number, requests in clients.items()}
+
+
 def fit_answer_delay(queued: Sequence[StoredCall], attempts: Sequence[StoredAttempt]) -> float:
     """Seconds from "a caller waits and an operator is free" to the two talking, on average: the
     operator's ring, and the queue's own pause before it rings a member who just came free (its
@@ -701,9 +739,14 @@ def fit_answer_delay(queued: Sequence[StoredCall], attempts: Sequence[StoredAtte
 
 
 def fit(
-    calls: Sequence[StoredCall], attempts: Sequence[StoredAttempt], *, default_talk: float = 120.0
+    calls: Sequence[StoredCall],
+    attempts: Sequence[StoredAttempt],
+    *,
+    default_talk: float = 120.0,
+    per_client: bool = True,
 ) -> Behaviour:
-    """Patience rate, talk times and reach from a stored period.
+    """Patience rate, talk times and reach from a stored period; with *per_client*, also each
+    client's own tries (:func:`fit_clients`), which the replay keeps as they went.
 
     The patience rate is the censored-data estimate of an exponential: queued callers who hung
     up over the total time all queued callers waited (those answered waited at least that long).
@@ -736,4 +779,5 @@ def fit(
         callback_busy=busy or talk,
         miss_busy=statistics.fmean(missed) if missed else 30.0,
         miss_outcomes=miss_outcomes,
+        clients=fit_clients(attempts) if per_client else {},
     )

@@ -211,6 +211,10 @@ async def test_cli_simulate_replays_the_period(engine, db_url, tmp_path, capsys)
     # 2 answered of 3 counted tries; each rank has fewer than 3, so both are pooled
     assert out["fitted"]["reach_by_try"] == [pytest.approx(2 / 3)] * 2
     assert out["measured"]["car"] == 0.5
+    # Two clients had tries, each replayed as it went. L2's caller finds an operator free in the
+    # replay, so only the lead is called back: reached on its stored first try in every run.
+    assert (out["fitted"]["reach"], out["fitted"]["clients_replayed"]) == ("clients", 2)
+    assert out["scenarios"]["as stored"]["reached_by_callback"] == {"mean": 1, "low": 1, "high": 1}
     assert set(out["scenarios"]) == {"as stored", "dialer off", "what-if"}
     assert out["scenarios"]["what-if"]["operators"] == 3
     assert out["scenarios"]["dialer off"]["callbacks_per_hour"]["mean"] == 0
@@ -222,8 +226,12 @@ async def test_cli_simulate_replays_the_period(engine, db_url, tmp_path, capsys)
     assert away["scenarios"]["what-if"]["occupancy"]["mean"] == pytest.approx(
         out["scenarios"]["what-if"]["occupancy"]["mean"] * 3 / 2
     )
+    assert await asyncio.to_thread(cli.main, [*base, "--format", "json", "--reach", "fitted"]) == 0
+    drawn = json.loads(capsys.readouterr().out)
+    assert (drawn["fitted"]["reach"], drawn["fitted"]["clients_replayed"]) == ("fitted", 0)
     assert await asyncio.to_thread(cli.main, base) == 0
-    assert "net lost rate" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "net lost rate" in table and "2 clients' stored tries replayed as they went" in table
     assert await asyncio.to_thread(cli.main, [*base, "--delays", "soon"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("callbackd: error: simulate: --delays") and "\n" not in err

@@ -348,6 +348,11 @@ async def measure(
     # An upper estimate: with the dialer on, a client a callback reached did not call again.
     own_only = sum(1 for c in lost if not any(t > c.started_at for t in answered.get(c.number or "", [])))
     sim = await whatif.run(cfg, start, end, whatif.Changes(), runs=runs, seed=seed, now=now, breaks=breaks)
+    # The same replay with every try drawn from the per-try reach, none kept as it went: how much
+    # of the prediction the clients' own stored tries carry.
+    drawn = await whatif.run(
+        cfg, start, end, whatif.Changes(), runs=runs, seed=seed, now=now, breaks=breaks, reach="fitted"
+    )
     t = rep.total
     counted = t.offered - t.short_abandoned
     return {
@@ -370,6 +375,7 @@ async def measure(
             "net_lost_rate": own_only / counted if counted else None,
         },
         "simulated": sim,
+        "simulated_every_try_drawn": drawn,
     }
 
 
@@ -494,6 +500,9 @@ def finish(out: dict, output: Path) -> int:
     if on:
         predicted = on["simulated"]["scenarios"]["as stored"]["net_lost_rate"]["mean"]
         measured = on["net_lost_rate"]
+        drawn = (on.get("simulated_every_try_drawn") or on["simulated"])["scenarios"]["as stored"][
+            "net_lost_rate"
+        ]["mean"]
         out["summary"] = {
             "car": on["car"],
             "net_lost_rate": measured,
@@ -504,6 +513,10 @@ def finish(out: dict, output: Path) -> int:
             if measured and predicted is not None
             else None,
             "predicted_car": on["simulated"]["scenarios"]["as stored"]["car"]["mean"],
+            "predicted_net_lost_rate_every_try_drawn": drawn,
+            "prediction_error_every_try_drawn": (drawn - measured) / measured
+            if measured and drawn is not None
+            else None,
             "dialer_off_measured": (out["days"].get("dialer off") or {}).get("net_lost_rate"),
             "dialer_off_estimated": on["dialer_off_estimate"]["net_lost_rate"],
             "dialer_off_predicted": on["simulated"]["scenarios"]["dialer off"]["net_lost_rate"]["mean"],

@@ -22,6 +22,7 @@ from callbackd.domain.simulation import (
     StoredAttempt,
     StoredCall,
     fit,
+    fit_clients,
     fit_reach,
     predict,
     simulate,
@@ -370,3 +371,70 @@ def test_the_answer_delay_is_free_operator_to_talking_and_waits_count_from_the_j
     sims = to_sim_calls(calls, MON)
     assert (sims[1].at, sims[1].waited) == (2, pytest.approx(19.2))  # from the join, not HoldTime's 19
     assert (sims[3].at, sims[3].patience) == (30.5, pytest.approx(7.4))
+
+
+# -- each client's own stored tries --------------------------------------------------------
+
+
+def test_fit_clients_keeps_each_requests_counted_tries_in_order_until_one_is_unfinished():
+    t0 = MON
+    tries = [
+        StoredAttempt(7, t0 + timedelta(hours=1), None, "client_no_answer", True, number="+1A"),
+        StoredAttempt(7, t0, None, "client_busy", True, number="+1A"),  # stored out of order
+        StoredAttempt(7, t0 + timedelta(minutes=5), None, "operator_no_answer", False, number="+1A"),
+        StoredAttempt(7, t0 + timedelta(hours=4), None, "answered", True, number="+1A"),
+        StoredAttempt(3, t0, None, "answered", True, number="+1B"),
+        StoredAttempt(9, t0 + timedelta(hours=5), None, "client_no_answer", True, number="+1A"),
+        StoredAttempt(9, t0 + timedelta(hours=6), None, None, True, number="+1A"),  # still ringing
+        StoredAttempt(9, t0 + timedelta(hours=7), None, "answered", True, number="+1A"),  # after it
+        StoredAttempt(4, t0, None, "answered", True),  # no number known: not a client's
+    ]
+    assert fit_clients(tries) == {
+        "+1A": (("client_busy", "client_no_answer", "answered"), ("client_no_answer",)),
+        "+1B": (("answered",),),
+    }
+    assert fit([], tries).clients == fit_clients(tries)
+    assert fit([], tries, per_client=False).clients == {}
+
+
+def test_a_clients_stored_tries_go_as_they_went_and_only_later_tries_are_drawn():
+    """reach 1.0 on every try, but the client's first two tries were unanswered in the data: the
+    replay misses them both and draws only the third (answered). Reach 0.0, but the data has the
+    client answering try 1: answered. Nothing stored for the number: drawn, as before."""
+    sc = Scenario(1, hourly(delays=(timedelta(hours=1),), max_attempts=5), MON, period=86400)
+    stored = {"+1A": (("client_no_answer", "client_no_answer"),), "+1B": (("answered",),)}
+    always = replace(behaviour(1.0), clients=stored)
+    a = simulate([lost_call(0, "+1A")], [], always, sc, seed=1)
+    assert (a.attempts, a.reached_by_callback, a.net_lost) == (3, 1, 0)
+    assert a.busy_in_period == 30 + 30 + 60
+    never = replace(behaviour(0.0), clients=stored)
+    b = simulate([lost_call(0, "+1B")], [], never, sc, seed=1)
+    assert (b.attempts, b.reached_by_callback, b.net_lost) == (1, 1, 0)
+    other = simulate([lost_call(0, "+1C")], [], never, sc, seed=1)
+    assert (other.attempts, other.reached_by_callback, other.net_lost) == (5, 0, 1)
+    # A ladder of two tries never gets to the draw: the client stays lost.
+    two = replace(sc, schedule=hourly(delays=(timedelta(hours=1),), max_attempts=2))
+    assert simulate([lost_call(0, "+1A")], [], always, two, seed=1).net_lost == 1
+
+
+def test_a_numbers_second_request_replays_its_second_stored_request():
+    sc = Scenario(1, hourly(delays=(timedelta(hours=1),), max_attempts=3), MON, period=86400)
+    b = replace(behaviour(0.0), clients={"+1A": (("answered",), ("client_no_answer", "answered"))})
+    r = simulate([lost_call(0, "+1A"), lost_call(3600, "+1A")], [], b, sc, seed=1)
+    # The first request is reached on its first try; the call lost at 3600 s opens a second one,
+    # reached on its second try, an hour after its first.
+    assert (r.requests, r.attempts, r.reached_by_callback, r.net_lost) == (2, 3, 2, 0)
+
+
+def test_a_stored_busy_try_waits_the_ladders_busy_delay_in_the_replay():
+    sc = Scenario(1, hourly(delays=(timedelta(hours=1),), max_attempts=2), MON, period=700)
+    b = replace(
+        behaviour(0.0, 1.0), clients={"+1A": (("client_busy",),)}, miss_outcomes=("client_no_answer",)
+    )
+    # Busy: the second try 10 minutes after the first (at 40 s): inside the 700 s read.
+    r = simulate([lost_call(0, "+1A")], [], b, replace(sc, horizon=700), seed=1)
+    assert (r.attempts, r.reached_by_callback) == (2, 1)
+    # The same client with a no-answer stored: the rung's hour, after the read.
+    b = replace(b, clients={"+1A": (("client_no_answer",),)})
+    r = simulate([lost_call(0, "+1A")], [], b, replace(sc, horizon=700), seed=1)
+    assert (r.attempts, r.reached_by_callback) == (1, 0)
