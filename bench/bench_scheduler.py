@@ -49,7 +49,11 @@ from callbackd.domain.operators import OperatorPool
 from callbackd.domain.states import RequestEvent
 
 OPEN_REQUESTS = 100_000
-SPREAD = timedelta(days=7)  # due times over a week, centred on now: half are due
+# Due times over five days, centred on now: half are due, and none is past the default max_age (3
+# days, counted from its creation up to 10 hours before its due time). The daemon's housekeeping
+# expires such requests every minute, so a claim never meets thousands of them: a week's spread left
+# about 10,000 of them open, which the claim (max_age at claim) stepped over one by one.
+SPREAD = timedelta(days=5)
 BATCH = 2  # the lab's dialer.max_concurrent, so the most one claim takes
 CLAIM_TARGET_MS = 10.0
 INDEX = "ix_requests_status_due"
@@ -90,6 +94,9 @@ async def fill(engine, n: int, now: datetime, seed: int = 7) -> float:
                 "note": "",
             }
         )
+    oldest = min(r["created_at"] for r in rows)
+    if now - oldest >= schedule().max_age:
+        raise RuntimeError(f"a request created {now - oldest} ago is past max_age")
     async with engine.begin() as conn:
         for i in range(0, n, 10_000):
             await conn.execute(insert(m.Request), rows[i : i + 10_000])
