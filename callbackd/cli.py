@@ -593,8 +593,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     async def go() -> int:
         engine = await _migrated(args, cfg, read_only=True)  # refuses a missing or old database first
         await engine.dispose()
+        per_client = args.reach == "clients"
         out = await whatif.run(
-            cfg, start, end, changes, runs=args.runs, seed=args.seed, breaks=breaks, reach=args.reach
+            cfg, start, end, changes, runs=args.runs, seed=args.seed, breaks=breaks, per_client=per_client
         )
         with _output(args.output) as f:
             f.write(json.dumps(out, indent=2) + "\n" if args.format == "json" else whatif.render(out))

@@ -17,7 +17,6 @@ from callbackd.domain.calendar import BusinessCalendar
 from callbackd.domain.errors import DomainError
 from callbackd.domain.ladder import RetryLadder, Schedule
 
-REACH_MODES = ("clients", "fitted")
 FIGURES = (
     "car",
     "net_lost_rate",
@@ -116,15 +115,13 @@ async def run(
     seed: int,
     now: datetime | None = None,
     breaks: Sequence[tuple[time, time]] = (),
-    reach: str = "clients",
+    per_client: bool = True,
 ) -> dict:
     """*now*: when the figures are read (default: the present), as the report reads the database.
     *breaks*: the period's rota (daily spans in the schedule's time zone, one operator away each),
     applied to every scenario: the database records who answered, not who was on duty.
-    *reach*: ``clients`` replays each client's stored tries as they went and draws only the tries
-    the period did not make; ``fitted`` draws every try from the per-try reach."""
-    if reach not in REACH_MODES:
-        raise ValueError(f"reach {reach!r}: one of {', '.join(REACH_MODES)}")
+    *per_client*: replay each client's stored tries as they went and draw only the tries the
+    period did not make (``--reach clients``); False draws every try from the per-try reach."""
     from callbackd.adapters import db, reports, simdata
     from callbackd.domain import simulation as sim
 
@@ -137,7 +134,7 @@ async def run(
         )
     finally:
         await engine.dispose()
-    behaviour = sim.fit(period.calls, period.attempts, per_client=reach == "clients")
+    behaviour = sim.fit(period.calls, period.attempts, per_client=per_client)
     calls = sim.to_sim_calls(period.calls, start)
     base = cfg.schedule_rules()
     period_max = (end - start + base.max_age).total_seconds()
@@ -173,7 +170,7 @@ async def run(
             "breaks": [f"{a.isoformat()}-{b.isoformat()}" for a, b in breaks],
             "mean_patience_s": 1 / behaviour.abandon_rate,
             "reach_by_try": list(behaviour.reach),
-            "reach": reach,
+            "reach": "clients" if per_client else "fitted",
             "clients_replayed": len(behaviour.clients),
             "talk_mean_s": sum(behaviour.talk) / len(behaviour.talk),
             "unanswered_try_s": behaviour.miss_busy,

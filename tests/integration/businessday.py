@@ -351,7 +351,7 @@ async def measure(
     # The same replay with every try drawn from the per-try reach, none kept as it went: how much
     # of the prediction the clients' own stored tries carry.
     drawn = await whatif.run(
-        cfg, start, end, whatif.Changes(), runs=runs, seed=seed, now=now, breaks=breaks, reach="fitted"
+        cfg, start, end, whatif.Changes(), runs=runs, seed=seed, now=now, breaks=breaks, per_client=False
     )
     t = rep.total
     counted = t.offered - t.short_abandoned
@@ -500,9 +500,7 @@ def finish(out: dict, output: Path) -> int:
     if on:
         predicted = on["simulated"]["scenarios"]["as stored"]["net_lost_rate"]["mean"]
         measured = on["net_lost_rate"]
-        drawn = (on.get("simulated_every_try_drawn") or on["simulated"])["scenarios"]["as stored"][
-            "net_lost_rate"
-        ]["mean"]
+        drawn = on["simulated_every_try_drawn"]["scenarios"]["as stored"]["net_lost_rate"]["mean"]
         out["summary"] = {
             "car": on["car"],
             "net_lost_rate": measured,
