@@ -176,6 +176,7 @@ class _Request:
     closed: bool = False
     outcome: str | None = None  # how the last try ended, for the ladder's outcome delays
     stored: tuple[str, ...] = ()  # how the client's stored tries went (Behaviour.clients)
+    seq: int = 0  # the order it was made in: due at the same moment, the older goes first
 
 
 @dataclass(order=True)
@@ -288,7 +289,7 @@ class _Run:
             return  # merged into the open request
         nth = self.made.get(number, 0)
         self.made[number] = nth + 1
-        req = _Request(number, now, stored=self.b.stored_tries(number, nth))
+        req = _Request(number, now, stored=self.b.stored_tries(number, nth), seq=self.requests)
         self.open[number] = req
         self.requests += 1
         if self.s.dialer:
@@ -303,7 +304,7 @@ class _Run:
             self._close(req)
             return
         t = self._slot(self._t(due))
-        heapq.heappush(self.due, (t, id(req), req))
+        heapq.heappush(self.due, (t, req.seq, req))
         self.push(t, "due")
 
     def _close(self, req: _Request) -> None:
@@ -441,7 +442,7 @@ class _Run:
                 continue
             slot = self._slot(now)
             if slot > now:  # waited for an operator past closing: the next opening
-                heapq.heapreplace(self.due, (slot, id(req), req))
+                heapq.heapreplace(self.due, (slot, req.seq, req))
                 self.push(slot, "due")
                 continue
             heapq.heappop(self.due)

@@ -438,3 +438,17 @@ def test_a_stored_busy_try_waits_the_ladders_busy_delay_in_the_replay():
     b = replace(b, clients={"+1A": (("client_no_answer",),)})
     r = simulate([lost_call(0, "+1A")], [], b, replace(sc, horizon=700), seed=1)
     assert (r.attempts, r.reached_by_callback) == (1, 0)
+
+
+def test_requests_due_at_the_same_moment_are_tried_in_the_order_they_were_made():
+    """The night's leads all fall due at the opening: one operator calls them back oldest first, so a
+    run depends on its seed alone (a tie broken by object addresses changed from one process to the
+    next)."""
+    hours = BusinessCalendar.from_spec("UTC", {"mon-sun": "09:00-18:00"})
+    sc = Scenario(1, Schedule(calendar=hours, opening_spread=timedelta(0)), MON, period=86400)
+    leads = [SimLead(600.0 * k, f"+1L{k}") for k in range(12)]
+    order = list(range(12))
+    random.Random(5).shuffle(order)  # handed over in no particular order
+    r = simulate([], [leads[k] for k in order], behaviour(1.0), sc, seed=1)
+    opening = 9 * 3600.0
+    assert r.first_attempt == tuple(opening + 60 * k - 600.0 * k for k in range(12))
